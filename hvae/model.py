@@ -1,0 +1,519 @@
+"""Stage 2: a top-down hierarchical VAE over stage-1 feature maps (VDVAE / NVAE family).
+
+The architecture is two one-line specs, as in VDVAE. Each comma-separated token
+is ``<resolution><op><n>``; resolutions are labels relative to ``sample_size``
+(the feature map's side), and ``1`` means the global group (pooled over all
+positions), so one model encodes feature maps of any size.
+
+Encoder (bottom-up) ops:
+  ``16x2``  two residual blocks at resolution 16
+  ``16d2``  average-pool by 2 (16 -> 8); ``4d4`` pools 4 -> 1, i.e. globally
+Decoder (top-down) ops:
+  ``1x1``   one latent group (with its own prior and posterior) at resolution 1
+  ``4m1``   go from resolution 1 to 4 (broadcast from 1, nearest-upsample otherwise)
+  ``16r2``  two residual blocks without latents
+
+Each latent group has a prior p(z_i | z_<i) computed from the top-down state and a
+residual posterior q(z_i | x, z_<i) = N(mu_p + dmu, sigma_p * exp(dlog)) as in
+NVAE, so its KL has a closed form that stays small when the posterior follows the
+prior. The likelihood is a Gaussian over features discretised at ``bin_width``;
+its negative log-likelihood plus the KLs is a real code length (bits-back).
+
+With a decoder spec holding a single ``x1`` token the same class is a flat VAE.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
+
+NoiseFn = Callable[[tuple[int, ...]], torch.Tensor]
+_TOKEN = re.compile(r"^(\d+)([xdmr])(\d+)$")
+
+
+def parse_spec(spec: str, allowed: str) -> list[tuple[int, str, int]]:
+    """``"16x2,16d2"`` -> ``[(16, "x", 2), (16, "d", 2)]``, with a clear error for typos."""
+    tokens = []
+    for token in spec.replace(" ", "").split(","):
+        match = _TOKEN.match(token)
+        if not match or match.group(2) not in allowed:
+            raise ValueError(
+                f"bad block token {token!r} in {spec!r}; expected <res><one of {allowed}><n>"
+            )
+        tokens.append((int(match.group(1)), match.group(2), int(match.group(3))))
+    return tokens
+
+
+def discretized_gaussian_log_prob(
+    x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor, bin_width: float
+) -> torch.Tensor:
+    """log P(bin of width ``bin_width`` centred on x) under N(mean, exp(log_scale)^2), elementwise.
+
+    The mass is computed on the tail side of the mean, where both CDF values are
+    small and their difference keeps its precision; in the far tail, where even
+    that underflows, the density times the bin width takes over.
+    """
+    distance = (x - mean).abs()
+    inv_scale = torch.exp(-log_scale)
+    upper = (distance + bin_width / 2) * inv_scale
+    lower = (distance - bin_width / 2) * inv_scale
+    mass = torch.special.ndtr(-lower) - torch.special.ndtr(-upper)
+    log_density = (
+        -0.5 * (distance * inv_scale) ** 2
+        - log_scale
+        - 0.5 * math.log(2 * math.pi)
+        + math.log(bin_width)
+    )
+    return torch.where(mass > 1e-8, torch.log(mass.clamp_min(1e-12)), log_density)
+
+
+class Block(nn.Module):
+    """VDVAE's bottleneck block: 1x1 -> 3x3 -> 3x3 -> 1x1 with GELUs (1x1 only at the global level)."""
+
+    def __init__(
+        self,
+        cin: int,
+        hidden: int,
+        cout: int,
+        residual: bool,
+        spatial: bool,
+        out_scale: float = 1.0,
+    ):
+        super().__init__()
+        k = 3 if spatial else 1
+        self.residual = residual
+        self.convs = nn.ModuleList(
+            [
+                nn.Conv2d(cin, hidden, 1),
+                nn.Conv2d(hidden, hidden, k, padding=k // 2),
+                nn.Conv2d(hidden, hidden, k, padding=k // 2),
+                nn.Conv2d(hidden, cout, 1),
+            ]
+        )
+        with torch.no_grad():
+            self.convs[-1].weight.mul_(out_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for conv in self.convs:
+            h = conv(F.gelu(h))
+        return x + h if self.residual else h
+
+
+@dataclass
+class GroupState:
+    """Everything one latent group produced in one top-down pass."""
+
+    z: torch.Tensor
+    prior_mean: torch.Tensor
+    prior_log_scale: torch.Tensor
+    posterior_mean: torch.Tensor | None = None
+    posterior_log_scale: torch.Tensor | None = None
+    kl: torch.Tensor | None = None  # elementwise KL(q || p) in nats
+
+
+class LatentGroup(nn.Module):
+    """One top-down step that owns a latent group: prior, residual posterior, and state update."""
+
+    def __init__(
+        self, resolution: int, width: int, hidden: int, z_channels: int, depth_scale: float
+    ):
+        super().__init__()
+        spatial = resolution > 1
+        self.resolution, self.z_channels = resolution, z_channels
+        self.posterior = Block(
+            2 * width, hidden, 2 * z_channels, residual=False, spatial=spatial, out_scale=0.1
+        )
+        # Zero output at init: the prior starts as N(0, 1) and adds nothing to the state.
+        self.prior = Block(
+            width, hidden, 2 * z_channels + width, residual=False, spatial=spatial, out_scale=0.0
+        )
+        self.z_proj = nn.Conv2d(z_channels, width, 1)
+        with torch.no_grad():
+            self.z_proj.weight.mul_(depth_scale)
+        self.resnet = Block(
+            width, hidden, width, residual=True, spatial=spatial, out_scale=depth_scale
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        activation: torch.Tensor | None,
+        z: torch.Tensor | None,
+        noise: NoiseFn,
+        temperature: float,
+        use_mean: bool,
+    ) -> tuple[torch.Tensor, GroupState]:
+        prior_out = self.prior(x)
+        prior_mean, prior_log_scale, state_update = prior_out.split(
+            [self.z_channels, self.z_channels, x.shape[1]], 1
+        )
+        state = GroupState(z=None, prior_mean=prior_mean, prior_log_scale=prior_log_scale)  # type: ignore[arg-type]
+
+        if activation is not None:
+            delta_mean, delta_log_scale = self.posterior(torch.cat([x, activation], 1)).chunk(2, 1)
+            state.posterior_mean = prior_mean + delta_mean
+            state.posterior_log_scale = prior_log_scale + delta_log_scale
+            # KL between the residual posterior and the prior, in closed form (NVAE eq. 2).
+            ratio = torch.exp(2 * delta_log_scale)
+            state.kl = (
+                0.5 * (delta_mean**2 * torch.exp(-2 * prior_log_scale) + ratio - 1.0)
+                - delta_log_scale
+            )
+            if z is None:
+                z = state.posterior_mean
+                if not use_mean:
+                    z = z + torch.exp(state.posterior_log_scale) * noise(z.shape)
+        if z is None:
+            z = prior_mean
+            if temperature > 0:
+                z = z + temperature * torch.exp(prior_log_scale) * noise(prior_mean.shape)
+        state.z = z
+        x = x + state_update
+        x = x + self.z_proj(z.to(x.dtype))
+        return self.resnet(x), state
+
+
+@dataclass
+class HVAEOutput:
+    loss: torch.Tensor  # training objective, nats per feature dimension
+    bits_per_dim: torch.Tensor  # negative ELBO in bits per feature dimension (batch mean)
+    nll_bits_per_dim: torch.Tensor
+    kl_bits_per_dim: list[torch.Tensor]  # one per latent group
+    reconstruction: torch.Tensor
+
+
+@dataclass
+class HVAECodes:
+    """Stage-2 codes of a batch: one latent tensor per group, top (global) group first."""
+
+    latents: list[torch.Tensor]
+    feature_size: tuple[int, int]
+    posteriors: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    image_size: tuple[int, int] | None = None  # set by pipelines, to crop decoded images back
+
+    def __len__(self) -> int:
+        return self.latents[0].shape[0]
+
+    def clone(self) -> HVAECodes:
+        return HVAECodes(
+            [z.clone() for z in self.latents],
+            self.feature_size,
+            list(self.posteriors),
+            self.image_size,
+        )
+
+
+class HierarchicalVAE(ModelMixin, ConfigMixin):
+    """Top-down hierarchical VAE over feature maps; see the module docstring for the block specs."""
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 4,
+        sample_size: int = 16,
+        width: int = 64,
+        hidden_ratio: float = 0.5,
+        z_channels: int = 8,
+        global_z_channels: int = 32,
+        encoder_blocks: str = "16x2,16d2,8x2,8d2,4x2,4d4,1x1",
+        decoder_blocks: str = "1x1,4m1,4x2,8m4,8x3,16m8,16x3",
+        bin_width: float = 1 / 16,
+        min_log_scale: float = -7.0,
+    ):
+        super().__init__()
+        hidden = max(8, int(width * hidden_ratio))
+        encoder_spec = parse_spec(encoder_blocks, "xd")
+        decoder_spec = parse_spec(decoder_blocks, "xmr")
+        n_groups = sum(n for _, op, n in decoder_spec if op == "x")
+        if n_groups == 0:
+            raise ValueError("the decoder spec has no latent group ('x' token)")
+        n_decoder_blocks = sum(n for _, op, n in decoder_spec if op in "xr")
+        depth_scale = 1.0 / math.sqrt(n_decoder_blocks)
+
+        self.stem = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.encoder = nn.ModuleList()
+        self._encoder_ops: list[tuple[int, str, int]] = []
+        for resolution, op, n in encoder_spec:
+            for _ in range(n if op == "x" else 1):
+                module = (
+                    Block(
+                        width,
+                        hidden,
+                        width,
+                        residual=True,
+                        spatial=resolution > 1,
+                        out_scale=depth_scale,
+                    )
+                    if op == "x"
+                    else nn.Identity()
+                )
+                self.encoder.append(module)
+                self._encoder_ops.append((resolution, op, n))
+        encoded = {r for r, _, _ in encoder_spec} | {
+            r // n for r, op, n in encoder_spec if op == "d"
+        }
+
+        self.decoder = nn.ModuleList()
+        self._decoder_ops: list[tuple[int, str, int]] = []
+        for resolution, op, n in decoder_spec:
+            if op == "x" and resolution not in encoded:
+                raise ValueError(
+                    f"latent group at resolution {resolution} has no encoder activation at that resolution"
+                )
+            for _ in range(n if op in "xr" else 1):
+                if op == "x":
+                    zc = global_z_channels if resolution == 1 else z_channels
+                    module = LatentGroup(resolution, width, hidden, zc, depth_scale)
+                elif op == "r":
+                    module = Block(
+                        width,
+                        hidden,
+                        width,
+                        residual=True,
+                        spatial=resolution > 1,
+                        out_scale=depth_scale,
+                    )
+                else:
+                    module = nn.Identity()
+                self.decoder.append(module)
+                self._decoder_ops.append((resolution, op, n))
+        top_resolution = decoder_spec[0][0]
+        self.decoder_bias = nn.ParameterDict(
+            {
+                str(r): nn.Parameter(torch.zeros(1, width, 1, 1))
+                for r in {top_resolution} | {r for r, op, _ in decoder_spec if op == "m"}
+            }
+        )
+        self.head = nn.Conv2d(width, 2 * in_channels, 1)
+
+    # ----------------------------------------------------------------- structure
+    @property
+    def latent_groups(self) -> list[LatentGroup]:
+        """The latent groups in top-down order (global first); index i matches ``codes.latents[i]``."""
+        return [m for m in self.decoder if isinstance(m, LatentGroup)]
+
+    def group_shapes(self, feature_size: tuple[int, int]) -> list[tuple[int, int, int]]:
+        """(channels, height, width) of every group's latent for features of ``feature_size``."""
+        return [
+            (g.z_channels, *self._spatial(g.resolution, feature_size)) for g in self.latent_groups
+        ]
+
+    def _spatial(self, resolution: int, feature_size: tuple[int, int]) -> tuple[int, int]:
+        if resolution == 1:
+            return (1, 1)
+        factor = self.config.sample_size // resolution
+        return (feature_size[0] // factor, feature_size[1] // factor)
+
+    def check_features(self, features: torch.Tensor) -> None:
+        if features.ndim != 4 or features.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"expected features (N, {self.config.in_channels}, H, W), got {tuple(features.shape)}"
+            )
+        coarsest = min(
+            (r for r, _, _ in self._decoder_ops if r > 1), default=self.config.sample_size
+        )
+        multiple = self.config.sample_size // coarsest
+        if features.shape[-2] % multiple or features.shape[-1] % multiple:
+            raise ValueError(
+                f"feature height and width must be multiples of {multiple}, got {tuple(features.shape[-2:])}"
+            )
+
+    def quantize(self, features: torch.Tensor) -> torch.Tensor:
+        """Snap features to the grid whose bins the likelihood is defined on."""
+        bin_width = self.config.bin_width
+        return torch.round(features / bin_width) * bin_width
+
+    # ----------------------------------------------------------------- passes
+    def _bottom_up(self, features: torch.Tensor) -> dict[int, torch.Tensor]:
+        x = self.stem(features)
+        activations: dict[int, torch.Tensor] = {}
+        for module, (resolution, op, n) in zip(self.encoder, self._encoder_ops, strict=True):
+            if op == "x":
+                x = module(x)
+                activations[resolution] = x
+            elif resolution // n == 1:
+                x = x.mean((2, 3), keepdim=True)
+                activations[1] = x
+            else:
+                x = F.avg_pool2d(x, n)
+                activations[resolution // n] = x
+        return activations
+
+    def _top_down(
+        self,
+        batch: int,
+        feature_size: tuple[int, int],
+        activations: dict[int, torch.Tensor] | None = None,
+        latents: Sequence[torch.Tensor | None] | None = None,
+        noise: NoiseFn | None = None,
+        temperature: float = 1.0,
+        use_mean: bool = False,
+    ) -> tuple[torch.Tensor, list[GroupState]]:
+        device, dtype = self.head.weight.device, self.head.weight.dtype
+        if noise is None:
+            noise = lambda shape: torch.randn(shape, device=device, dtype=dtype)  # noqa: E731
+        top = self._decoder_ops[0][0]
+        x = self.decoder_bias[str(top)].expand(batch, -1, *self._spatial(top, feature_size))
+        states: list[GroupState] = []
+        for module, (resolution, op, _) in zip(self.decoder, self._decoder_ops, strict=True):
+            if op == "m":
+                target = self._spatial(resolution, feature_size)
+                x = (
+                    x.expand(-1, -1, *target)
+                    if x.shape[-1] == 1 and x.shape[-2] == 1
+                    else F.interpolate(x, size=target, mode="nearest")
+                )
+                x = x + self.decoder_bias[str(resolution)]
+            elif op == "r":
+                x = module(x)
+            else:
+                index = len(states)
+                given = latents[index] if latents is not None and index < len(latents) else None
+                activation = activations[resolution] if activations is not None else None
+                x, state = module(x, activation, given, noise, temperature, use_mean)
+                states.append(state)
+        return x, states
+
+    def _likelihood(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_scale = self.head(F.gelu(x)).chunk(2, 1)
+        return mean, log_scale.clamp_min(self.config.min_log_scale)
+
+    # ----------------------------------------------------------------- training
+    def forward(
+        self, features: torch.Tensor, kl_weight: float = 1.0, free_bits: float = 0.0
+    ) -> HVAEOutput:
+        """Negative ELBO of ``features`` with one posterior sample.
+
+        ``kl_weight`` (KL warm-up) and ``free_bits`` (nats per latent dimension,
+        applied to each group's batch-mean KL) shape only the training loss;
+        ``bits_per_dim`` is always the true negative ELBO.
+        """
+        self.check_features(features)
+        features = self.quantize(features.float())
+        size = (features.shape[-2], features.shape[-1])
+        activations = self._bottom_up(features)
+        x, states = self._top_down(features.shape[0], size, activations=activations)
+        mean, log_scale = self._likelihood(x)
+        dims = features[0].numel()
+        nll = (
+            -discretized_gaussian_log_prob(
+                features, mean.float(), log_scale.float(), self.config.bin_width
+            )
+            .flatten(1)
+            .sum(1)
+        )
+        kls = [s.kl.float().flatten(1).sum(1) for s in states]
+        objective = nll.mean()
+        for s, kl in zip(states, kls, strict=True):
+            objective = objective + kl_weight * kl.mean().clamp_min(free_bits * s.kl[0].numel())
+        to_bits = 1.0 / (dims * math.log(2))
+        total = nll + torch.stack(kls).sum(0)
+        return HVAEOutput(
+            loss=objective / dims,
+            bits_per_dim=total.mean() * to_bits,
+            nll_bits_per_dim=nll.mean() * to_bits,
+            kl_bits_per_dim=[kl.mean() * to_bits for kl in kls],
+            reconstruction=mean,
+        )
+
+    # ----------------------------------------------------------------- inference API
+    @torch.no_grad()
+    def encode(
+        self, features: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
+    ) -> HVAECodes:
+        """Posterior of every group; latents are the posterior means unless ``sample``."""
+        self.check_features(features)
+        features = self.quantize(features.to(self.head.weight.dtype))
+        size = (features.shape[-2], features.shape[-1])
+        noise = self._noise_fn(generator)
+        _, states = self._top_down(
+            features.shape[0], size, self._bottom_up(features), noise=noise, use_mean=not sample
+        )
+        return HVAECodes(
+            latents=[s.z for s in states],
+            feature_size=size,
+            posteriors=[(s.posterior_mean, s.posterior_log_scale) for s in states],
+        )
+
+    @torch.no_grad()
+    def decode(
+        self,
+        latents: HVAECodes | Sequence[torch.Tensor | None],
+        temperature: float = 1.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        feature_size: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        """Latents -> feature map (the likelihood mean). Groups given as None are drawn from their prior."""
+        if isinstance(latents, HVAECodes):
+            feature_size, latents = latents.feature_size, latents.latents
+        known = [z for z in latents if z is not None]
+        if not known:
+            raise ValueError(
+                "decode needs at least one latent tensor; use sample() to draw all of them"
+            )
+        batch = known[0].shape[0]
+        feature_size = feature_size or self._infer_feature_size(latents)
+        x, _ = self._top_down(
+            batch,
+            feature_size,
+            latents=list(latents),
+            noise=self._noise_fn(generator),
+            temperature=temperature,
+        )
+        return self._likelihood(x)[0].float()
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        temperature: float = 1.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        feature_size: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        """Draw ``n`` feature maps from the prior; ``temperature`` scales every group's prior std."""
+        size = feature_size or (self.config.sample_size, self.config.sample_size)
+        x, _ = self._top_down(n, size, noise=self._noise_fn(generator), temperature=temperature)
+        return self._likelihood(x)[0].float()
+
+    @torch.no_grad()
+    def code_length_bits(
+        self, features: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Per-image negative ELBO in bits (one posterior sample): what bits-back coding would spend."""
+        self.check_features(features)
+        features = self.quantize(features.float())
+        size = (features.shape[-2], features.shape[-1])
+        x, states = self._top_down(
+            features.shape[0], size, self._bottom_up(features), noise=self._noise_fn(generator)
+        )
+        mean, log_scale = self._likelihood(x)
+        nll = (
+            -discretized_gaussian_log_prob(features, mean, log_scale, self.config.bin_width)
+            .flatten(1)
+            .sum(1)
+        )
+        kl = sum(s.kl.flatten(1).sum(1) for s in states)
+        return (nll + kl) / math.log(2)
+
+    def _noise_fn(self, generator) -> NoiseFn:
+        device, dtype = self.head.weight.device, self.head.weight.dtype
+        # A list of generators gives each image its own stream (diffusers' convention), which is
+        # what makes samples independent of batch size.
+        return lambda shape: randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+
+    def _infer_feature_size(self, latents: Sequence[torch.Tensor | None]) -> tuple[int, int]:
+        for group, z in zip(self.latent_groups, latents, strict=False):
+            if z is not None and group.resolution > 1:
+                factor = self.config.sample_size // group.resolution
+                return (z.shape[-2] * factor, z.shape[-1] * factor)
+        return (self.config.sample_size, self.config.sample_size)

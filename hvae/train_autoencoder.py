@@ -1,0 +1,106 @@
+"""Stage-1 recipe: train a ``PatchAutoencoder`` on scenes or on a folder of images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hvae.data import folder_images, shapes_pixels
+from hvae.errors import HVAEError
+from hvae.metrics import psnr
+from hvae.patch_autoencoder import PatchAutoencoder
+from hvae.training import TrainConfig, train
+
+
+class CropSampler:
+    """Deterministic random crops: batch ``step`` depends only on (seed, step)."""
+
+    def __init__(self, images: list[np.ndarray], crop: int, batch_size: int, seed: int):
+        self.images, self.crop, self.batch_size, self.seed = images, crop, batch_size, seed
+        small = [i for i, im in enumerate(images) if min(im.shape[:2]) < crop]
+        if small:
+            raise HVAEError(f"{len(small)} images are smaller than the {crop}px crop; lower --crop")
+
+    def __call__(self, step: int) -> torch.Tensor:
+        rng = np.random.default_rng([self.seed, step])
+        batch = np.empty((self.batch_size, self.crop, self.crop, 3), dtype=np.uint8)
+        for b in range(self.batch_size):
+            image = self.images[rng.integers(len(self.images))]
+            top = rng.integers(image.shape[0] - self.crop + 1)
+            left = rng.integers(image.shape[1] - self.crop + 1)
+            patch = image[top : top + self.crop, left : left + self.crop]
+            batch[b] = patch[:, ::-1] if rng.random() < 0.5 else patch
+        return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def make_loss(latent_noise: float):
+    def loss_fn(model, pixels: torch.Tensor, step: int):
+        latents = model.encode(pixels).latents
+        if latent_noise > 0:
+            # Noise relative to the latents' own spread, so the decoder learns to
+            # tolerate stage-2 reconstruction errors instead of the encoder
+            # inflating its scale to drown the noise.
+            latents = latents + latent_noise * latents.detach().float().std() * torch.randn_like(
+                latents
+            )
+        recon = model.decode(latents).sample.float()
+        mse = F.mse_loss(recon, pixels)
+        loss = mse + 0.1 * F.l1_loss(recon, pixels)
+        return loss, {"psnr": float(psnr(recon.detach(), pixels).mean())}
+
+    return loss_fn
+
+
+@torch.no_grad()
+def fit_scaling(model: PatchAutoencoder, pixels: torch.Tensor) -> tuple[float, float]:
+    """Shift and scale that give the latents zero mean and unit variance, like SD's scaling_factor."""
+    latents = torch.cat([model.encode(b).latents for b in pixels.split(64)])
+    return 1.0 / float(latents.std()), float(latents.mean())
+
+
+def load_training_images(
+    data: str, n_scenes: int, size: int, seed: int, cache_dir: str
+) -> list[np.ndarray]:
+    if data == "shapes":
+        pixels = shapes_pixels(n_scenes, seed=seed, size=size, cache_dir=cache_dir)
+        return list(pixels)
+    if not Path(data).is_dir():
+        raise HVAEError(f"--data must be 'shapes' or a folder of images, got {data!r}")
+    images, skipped = folder_images(data)
+    for message in skipped:
+        print(f"skipped: {message}")
+    return images
+
+
+def train_autoencoder(
+    data: str,
+    out_dir: str,
+    config: TrainConfig,
+    crop: int = 64,
+    latent_channels: int = 4,
+    block_out_channels: tuple[int, ...] = (32, 64),
+    layers_per_block: int = 1,
+    patch_size: int = 2,
+    latent_noise: float = 0.05,
+    n_scenes: int = 12000,
+    cache_dir: str = "cache",
+) -> PatchAutoencoder:
+    """Train, fit the latent scaling, save to ``out_dir`` in diffusers format, and return the EMA model."""
+    images = load_training_images(data, n_scenes, crop, config.seed, cache_dir)
+    sampler = CropSampler(images, crop, config.batch_size, config.seed)
+    model = PatchAutoencoder(
+        latent_channels=latent_channels,
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=layers_per_block,
+        patch_size=patch_size,
+    )
+    config.out_dir = str(Path(out_dir) / "run")
+    config.channels_last = True
+    ema = train(model, make_loss(latent_noise), sampler, config, description="stage 1")
+    scale, shift = fit_scaling(ema, torch.cat([sampler(10_000 + i) for i in range(4)]))
+    ema.register_to_config(scaling_factor=scale, shift_factor=shift)
+    ema.save_pretrained(out_dir)
+    return ema

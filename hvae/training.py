@@ -1,0 +1,295 @@
+"""One training loop for both stages, on ``accelerate``: CPU, one GPU (bf16) or many.
+
+The loop owns what every run needs: mixed precision, EMA weights, gradient
+skipping, checkpoints that resume exactly (model, optimizer, EMA, step and data
+order), a progress bar and a JSONL log. Each stage supplies only how to draw a
+batch for a step and how to compute its loss.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from hvae.errors import HVAEError
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 2e-3
+    lr_warmup_steps: int = 100
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    grad_clip: float = 200.0
+    skip_threshold: float = 400.0  # skip an update whose gradient norm is above this
+    max_consecutive_skips: int = 25
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 25
+    seed: int = 0
+    mixed_precision: str = "auto"  # "no", "bf16" or "auto" (bf16 where the hardware has it)
+    channels_last: bool = False
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1:
+            raise HVAEError("steps and batch size must be positive")
+        if self.mixed_precision not in ("auto", "no", "bf16"):
+            raise HVAEError(
+                f"mixed precision must be auto, no or bf16, got {self.mixed_precision!r}"
+            )
+
+
+class EMA:
+    """Exponential moving average of a model's weights, with the usual warm-up of the decay."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for ema_param, param in zip(self.shadow.parameters(), model.parameters(), strict=True):
+            ema_param.lerp_(param.detach().to(ema_param.dtype), 1.0 - decay)
+        for ema_buffer, buffer in zip(self.shadow.buffers(), model.buffers(), strict=True):
+            ema_buffer.copy_(buffer)
+
+    def state_dict(self) -> dict:
+        return {"shadow": self.shadow.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.shadow.load_state_dict(state["shadow"])
+        self.updates = int(state["updates"])
+
+
+class GradientSkipper:
+    """Skip updates with exploding or non-finite gradients, without skipping forever.
+
+    A non-finite gradient is always skipped; ``max_consecutive`` of them in a row
+    means training has diverged, and we stop with an error (the last checkpoint
+    is kept). A finite gradient above the threshold is skipped too, but after
+    ``max_consecutive`` such skips in a row the threshold doubles and the update
+    goes through (clipped), so a threshold set too low cannot stall training.
+    """
+
+    def __init__(self, threshold: float, max_consecutive: int):
+        self.threshold = threshold
+        self.max_consecutive = max_consecutive
+        self.consecutive = 0
+        self.total = 0
+
+    def should_skip(self, grad_norm: float) -> bool:
+        if not math.isfinite(grad_norm):
+            self.consecutive += 1
+            self.total += 1
+            if self.consecutive >= self.max_consecutive:
+                raise RuntimeError(
+                    f"{self.consecutive} updates in a row had non-finite gradients: training diverged. "
+                    "Lower the learning rate and resume from the last checkpoint."
+                )
+            return True
+        if self.threshold > 0 and grad_norm > self.threshold:
+            if self.consecutive + 1 >= self.max_consecutive:
+                self.threshold *= 2.0
+                self.consecutive = 0
+                return False
+            self.consecutive += 1
+            self.total += 1
+            return True
+        self.consecutive = 0
+        return False
+
+    def state_dict(self) -> dict:
+        return {"threshold": self.threshold, "consecutive": self.consecutive, "total": self.total}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.threshold, self.consecutive, self.total = (
+            state["threshold"],
+            state["consecutive"],
+            state["total"],
+        )
+
+
+class _StepCounter:
+    def __init__(self):
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+
+def _resolve_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if _cpu_has_amx_bf16() else "no"
+
+
+def _cpu_has_amx_bf16() -> bool:
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def _checkpoints(out_dir: Path) -> list[Path]:
+    found = [
+        p for p in (out_dir / "checkpoints").glob("step-*") if re.fullmatch(r"step-\d+", p.name)
+    ]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    found = _checkpoints(Path(out_dir))
+    return found[-1] if found else None
+
+
+LossFn = Callable[[torch.nn.Module, torch.Tensor, int], tuple[torch.Tensor, dict]]
+BatchFn = Callable[[int], torch.Tensor]
+
+
+def train(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    batch_for_step: BatchFn,
+    config: TrainConfig,
+    resume: bool = True,
+    description: str = "train",
+) -> torch.nn.Module:
+    """Train ``model`` and return its EMA copy (on CPU, fp32, eval mode).
+
+    ``batch_for_step(step)`` must be a pure function of the step, which is what
+    makes a resumed run see exactly the batches an uninterrupted one would.
+    ``loss_fn(model, batch, step)`` returns the loss and a dict of floats to log.
+    """
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    precision = _resolve_precision(config.mixed_precision)
+    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    set_seed(config.seed)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.99)
+    )
+
+    def lr_at(step: int) -> float:
+        warm = min(1.0, (step + 1) / max(1, config.lr_warmup_steps))
+        cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, step / config.steps)))
+        return warm * (0.1 + 0.9 * cosine)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    ema = EMA(accelerator.unwrap_model(model), config.ema_decay)
+    skipper = GradientSkipper(config.skip_threshold, config.max_consecutive_skips)
+    counter = _StepCounter()
+    for stateful in (ema, skipper, counter):
+        accelerator.register_for_checkpointing(stateful)
+
+    checkpoint = latest_checkpoint(out_dir) if resume else None
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        accelerator.print(f"resumed from {checkpoint} at step {counter.step}")
+        _truncate_log(out_dir / "train_log.jsonl", counter.step)
+    (out_dir / "train_config.json").write_text(
+        json.dumps(asdict(config) | {"precision": precision}, indent=2)
+    )
+
+    log_file = (out_dir / "train_log.jsonl").open("a")
+    progress = tqdm(
+        total=config.steps,
+        initial=counter.step,
+        desc=description,
+        disable=not accelerator.is_main_process,
+        dynamic_ncols=True,
+    )
+    started = time.time()
+    model.train()
+    while counter.step < config.steps:
+        step = counter.step
+        batch = batch_for_step(step).to(accelerator.device)
+        if config.channels_last and batch.ndim == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with accelerator.autocast():
+            loss, logs = loss_fn(model, batch, step)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), config.grad_clip))
+        skipped = skipper.should_skip(grad_norm)
+        if not skipped:
+            optimizer.step()
+            ema.update(accelerator.unwrap_model(model))
+        scheduler.step()
+        counter.step += 1
+        progress.update(1)
+
+        if counter.step % config.log_every == 0 or counter.step == config.steps:
+            record = {
+                "step": counter.step,
+                "loss": loss.item(),
+                "grad_norm": grad_norm,
+                "skipped": skipper.total,
+            }
+            record |= {k: float(v) for k, v in logs.items()}
+            record["lr"] = scheduler.get_last_lr()[0]
+            record["seconds"] = round(time.time() - started, 1)
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+            progress.set_postfix(
+                {k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "bpd", "psnr", "kl")}
+            )
+        if counter.step % config.checkpoint_every == 0 or counter.step == config.steps:
+            _save_checkpoint(accelerator, out_dir, counter.step, config.keep_checkpoints)
+    progress.close()
+    log_file.close()
+    return ema.shadow.float().cpu().eval()
+
+
+def _truncate_log(path: Path, last_step: int) -> None:
+    """Drop log records past the checkpoint we resume from: those steps are about to be redone."""
+    if not path.exists():
+        return
+    kept = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line)["step"] <= last_step
+    ]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _save_checkpoint(accelerator: Accelerator, out_dir: Path, step: int, keep: int) -> None:
+    # Save under a temporary name, then rename, so an interrupted save never
+    # leaves a half-written checkpoint that resume would pick up.
+    final = out_dir / "checkpoints" / f"step-{step}"
+    partial = out_dir / "checkpoints" / f"partial-step-{step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.save_state(str(partial))
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+        for old in _checkpoints(out_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()

@@ -1,0 +1,5 @@
+"""User-facing pipelines (diffusers ``DiffusionPipeline`` subclasses)."""
+
+from pipelines.hvae_pipeline import HVAEPipeline
+
+__all__ = ["HVAEPipeline"]

@@ -1,0 +1,201 @@
+"""``HVAEPipeline``: images -> hierarchical codes -> edits -> images, plus sampling.
+
+The pipeline only composes two models, as diffusers pipelines do: a stage-1
+diffusers autoencoder (``autoencoder``) and the stage-2 ``HierarchicalVAE``
+(``hvae``). Named edit directions are stored beside them in ``directions/``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from hvae.autoencoder import FeatureAutoencoder
+from hvae.data.images import to_pil
+from hvae.errors import HVAEError
+from hvae.fingerprint import fingerprint
+from hvae.model import HierarchicalVAE, HVAECodes
+
+DIRECTIONS_FOLDER = "directions"
+
+
+@dataclass
+class Direction:
+    """A vector added to one latent group; ``strength`` 1 adds it once."""
+
+    vector: torch.Tensor
+    group: int = 0
+    source: str = "user"
+    units: str = "vector"
+
+
+def image_seed(seed: int, index: int) -> int:
+    """Seed of image ``index`` in a run started with ``seed``: independent of batching."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+class HVAEPipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "hvae->autoencoder"
+
+    def __init__(self, autoencoder, hvae: HierarchicalVAE):
+        super().__init__()
+        self.register_modules(autoencoder=autoencoder, hvae=hvae)
+        self._directions: dict[str, Direction] = {}
+
+    # ------------------------------------------------------------ loading and saving
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> HVAEPipeline:
+        path = Path(pretrained_model_name_or_path)
+        if path.exists() and not (path / "model_index.json").is_file():
+            raise HVAEError(f"{path}: not a pipeline folder (no model_index.json)")
+        try:
+            pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise HVAEError(
+                f"{pretrained_model_name_or_path}: could not load the pipeline ({error})"
+            ) from None
+        if path.exists():
+            pipe.load_directions(path / DIRECTIONS_FOLDER)
+        return pipe
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        super().save_pretrained(save_directory, **kwargs)
+        self.save_directions(Path(save_directory) / DIRECTIONS_FOLDER)
+
+    def save_directions(self, folder: Path) -> None:
+        if not self._directions:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(
+            {name: d.vector.contiguous().cpu() for name, d in self._directions.items()},
+            str(folder / "directions.safetensors"),
+        )
+        meta = {
+            name: {"group": d.group, "source": d.source, "units": d.units}
+            for name, d in self._directions.items()
+        }
+        (folder / "directions.json").write_text(json.dumps(meta, indent=2))
+
+    def load_directions(self, folder: Path) -> None:
+        if not (folder / "directions.json").is_file():
+            return
+        vectors = load_file(str(folder / "directions.safetensors"))
+        for name, meta in json.loads((folder / "directions.json").read_text()).items():
+            self._directions[name] = Direction(
+                vectors[name],
+                meta["group"],
+                meta.get("source", "user"),
+                meta.get("units", "vector"),
+            )
+
+    # ------------------------------------------------------------ helpers
+    @property
+    def stage1(self) -> FeatureAutoencoder:
+        return FeatureAutoencoder(self.autoencoder)
+
+    def fingerprint(self) -> str:
+        """Hash of both models' configs and weights: identifies the exact model that made an output."""
+        return fingerprint(self.autoencoder, self.hvae)
+
+    # ------------------------------------------------------------ directions
+    @property
+    def directions(self) -> list[str]:
+        return sorted(self._directions)
+
+    def register_direction(
+        self,
+        name: str,
+        vector: torch.Tensor,
+        group: int = 0,
+        source: str = "user",
+        units: str = "vector",
+    ) -> None:
+        """Make ``name`` editable: ``edit(codes, {name: s})`` adds ``s * vector`` to latent ``group``."""
+        groups = self.hvae.latent_groups
+        if not 0 <= group < len(groups):
+            raise HVAEError(f"group must be in [0, {len(groups) - 1}], got {group}")
+        vector = torch.as_tensor(vector, dtype=torch.float32)
+        channels = groups[group].z_channels
+        if vector.ndim == 1:
+            vector = vector[:, None, None]
+        if vector.ndim != 3 or vector.shape[0] != channels:
+            raise HVAEError(
+                f"direction {name!r} must have {channels} channels for group {group}, got shape {tuple(vector.shape)}"
+            )
+        self._directions[name] = Direction(vector, group, source, units)
+
+    # ------------------------------------------------------------ the user API
+    @torch.no_grad()
+    def encode(self, images: Sequence[Image.Image] | Image.Image) -> HVAECodes:
+        """Images (one size per call) -> codes: every latent group's posterior mean."""
+        if isinstance(images, Image.Image):
+            images = [images]
+        stage1 = self.stage1
+        pixels = stage1._as_tensor(list(images))
+        features = stage1.encode(pixels).to(self.device)
+        self._check_feature_size(features)
+        codes = self.hvae.encode(features)
+        codes.image_size = (pixels.shape[-2], pixels.shape[-1])
+        return codes
+
+    @torch.no_grad()
+    def decode(self, codes: HVAECodes) -> list[Image.Image]:
+        return to_pil(self.decode_tensor(codes))
+
+    @torch.no_grad()
+    def decode_tensor(self, codes: HVAECodes) -> torch.Tensor:
+        features = self.hvae.decode(codes)
+        return self.stage1.decode(features, codes.image_size)
+
+    def edit(self, codes: HVAECodes, edits: dict[str, float]) -> HVAECodes:
+        """New codes with each named direction added at its strength; ``codes`` is left unchanged."""
+        unknown = sorted(set(edits) - set(self._directions))
+        if unknown:
+            known = ", ".join(self.directions) or "none registered"
+            raise HVAEError(f"unknown direction(s) {', '.join(unknown)}; known: {known}")
+        edited = codes.clone()
+        for name, strength in edits.items():
+            direction = self._directions[name]
+            z = edited.latents[direction.group]
+            edited.latents[direction.group] = z + float(strength) * direction.vector.to(
+                z.device, z.dtype
+            )
+        return edited
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, temperature: float = 1.0, seed: int = 0, start: int = 0
+    ) -> list[Image.Image]:
+        """``n`` images from the prior. Image ``i`` depends only on (seed, start + i), not on ``n``."""
+        if n < 1:
+            raise HVAEError(f"n must be positive, got {n}")
+        if temperature < 0:
+            raise HVAEError(f"temperature must be non-negative, got {temperature}")
+        generators = [
+            torch.Generator(self.device).manual_seed(image_seed(seed, start + i)) for i in range(n)
+        ]
+        features = self.hvae.sample(n, temperature=temperature, generator=generators)
+        return to_pil(self.stage1.decode(features))
+
+    def __call__(
+        self, images: Sequence[Image.Image] | Image.Image, edits: dict[str, float] | None = None
+    ) -> list[Image.Image]:
+        codes = self.encode(images)
+        return self.decode(self.edit(codes, edits) if edits else codes)
+
+    def _check_feature_size(self, features: torch.Tensor) -> None:
+        try:
+            self.hvae.check_features(features)
+        except ValueError as error:
+            stride = self.stage1.stride
+            raise HVAEError(
+                f"image size does not fit this model: {error} (feature stride {stride})"
+            ) from None

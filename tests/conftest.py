@@ -1,0 +1,45 @@
+"""Tiny models shared by the tests: small enough that the whole suite runs in minutes on 2 cores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hvae.model import HierarchicalVAE
+from hvae.patch_autoencoder import PatchAutoencoder
+from hvae.train_hvae import PRESETS
+from pipelines import HVAEPipeline
+
+torch.set_num_threads(2)
+
+
+def tiny_hvae(**overrides) -> HierarchicalVAE:
+    torch.manual_seed(0)
+    return HierarchicalVAE(in_channels=4, sample_size=16, **(PRESETS["tiny"] | overrides)).eval()
+
+
+def tiny_autoencoder() -> PatchAutoencoder:
+    torch.manual_seed(0)
+    return PatchAutoencoder(latent_channels=4, block_out_channels=(8, 16), patch_size=2).eval()
+
+
+@pytest.fixture
+def hvae_model() -> HierarchicalVAE:
+    return tiny_hvae()
+
+
+@pytest.fixture
+def tiny_pipeline() -> HVAEPipeline:
+    pipe = HVAEPipeline(autoencoder=tiny_autoencoder(), hvae=tiny_hvae())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def tiny_pipeline_dir(tmp_path, tiny_pipeline):
+    path = tmp_path / "pipeline"
+    tiny_pipeline.register_direction(
+        "brighter", torch.ones(tiny_pipeline.hvae.latent_groups[0].z_channels)
+    )
+    tiny_pipeline.save_pretrained(path)
+    return path

@@ -1,0 +1,229 @@
+import hashlib
+
+import pytest
+
+from hvae.cli import build_parser, main
+from hvae.data.shapes import ShapesDataset
+
+SUBCOMMANDS = ["train", "train-autoencoder", "encode", "decode", "edit", "generate", "demo"]
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_explains_itself(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert f"usage: hvae {command}" in text and len(text.splitlines()) > 5
+
+
+def test_top_level_help_lists_all_subcommands():
+    help_text = build_parser().format_help()
+    for command in SUBCOMMANDS:
+        assert command in help_text
+
+
+@pytest.fixture
+def scene_folder(tmp_path):
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    dataset = ShapesDataset(3, seed=5, size=64)
+    for i in range(3):
+        dataset[i][0].save(folder / f"scene{i}.png")
+    return folder
+
+
+def test_encode_then_decode_round_trip(tiny_pipeline_dir, scene_folder, tmp_path, capsys):
+    codes = tmp_path / "codes.safetensors"
+    assert (
+        main(
+            [
+                "encode",
+                str(scene_folder),
+                "-o",
+                str(codes),
+                "--model",
+                str(tiny_pipeline_dir),
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "decode",
+                str(codes),
+                "-o",
+                str(tmp_path / "decoded"),
+                "--model",
+                str(tiny_pipeline_dir),
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in (tmp_path / "decoded").iterdir()) == [
+        "scene0.png",
+        "scene1.png",
+        "scene2.png",
+    ]
+
+
+def test_edit_writes_one_image_per_input(tiny_pipeline_dir, scene_folder, tmp_path):
+    out = tmp_path / "edited"
+    assert (
+        main(
+            [
+                "edit",
+                str(scene_folder),
+                "--set",
+                "brighter=1.0",
+                "-o",
+                str(out),
+                "--model",
+                str(tiny_pipeline_dir),
+            ]
+        )
+        == 0
+    )
+    assert len(list(out.glob("*.png"))) == 3
+
+
+def test_generate_is_identical_across_batch_sizes(tiny_pipeline_dir, tmp_path):
+    digests = []
+    for batch_size in ("1", "3"):
+        out = tmp_path / f"b{batch_size}"
+        assert (
+            main(
+                [
+                    "generate",
+                    "-n",
+                    "3",
+                    "-o",
+                    str(out),
+                    "--seed",
+                    "9",
+                    "--batch-size",
+                    batch_size,
+                    "--model",
+                    str(tiny_pipeline_dir),
+                ]
+            )
+            == 0
+        )
+        digests.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir()})
+    assert digests[0] == digests[1] and len(digests[0]) == 3
+
+
+def test_demo_writes_its_pictures(tiny_pipeline_dir, tmp_path, capsys):
+    assert (
+        main(["demo", "-o", str(tmp_path / "demo"), "-n", "2", "--model", str(tiny_pipeline_dir)])
+        == 0
+    )
+    names = {p.name for p in (tmp_path / "demo").iterdir()}
+    assert {"reconstructions.png", "samples_t0.8.png", "edit_strip.png"} <= names
+    assert str(tmp_path / "demo") in capsys.readouterr().out
+
+
+def _error_of(argv, capsys):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+def test_unreadable_and_non_image_inputs_get_clear_errors(
+    tiny_pipeline_dir, scene_folder, tmp_path, capsys
+):
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("this is text")
+    code, err = _error_of(
+        [
+            "encode",
+            str(not_image),
+            "-o",
+            str(tmp_path / "c.safetensors"),
+            "--model",
+            str(tiny_pipeline_dir),
+        ],
+        capsys,
+    )
+    assert code == 2 and "not an image" in err
+    code, err = _error_of(
+        [
+            "encode",
+            str(tmp_path / "missing.png"),
+            "-o",
+            str(tmp_path / "c.safetensors"),
+            "--model",
+            str(tiny_pipeline_dir),
+        ],
+        capsys,
+    )
+    assert code == 2 and "no such file" in err
+    # One bad file among good ones: the good ones are written, the bad one is reported, the exit code says so.
+    (scene_folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    code, err = _error_of(
+        [
+            "encode",
+            str(scene_folder),
+            "-o",
+            str(tmp_path / "c.safetensors"),
+            "--model",
+            str(tiny_pipeline_dir),
+        ],
+        capsys,
+    )
+    assert code == 1 and "broken.png" in err and (tmp_path / "c.safetensors").exists()
+
+
+def test_wrong_model_folders_and_bad_arguments_get_clear_errors(
+    tiny_pipeline_dir, scene_folder, tmp_path, capsys
+):
+    code, err = _error_of(["generate", "-o", str(tmp_path / "g"), "--model", str(tmp_path)], capsys)
+    assert code == 2 and "model_index.json" in err
+    code, err = _error_of(
+        ["generate", "-o", str(tmp_path / "g"), "--model", str(tmp_path / "nowhere")], capsys
+    )
+    assert code == 2 and "no such model folder" in err
+    code, err = _error_of(
+        [
+            "edit",
+            str(scene_folder),
+            "--set",
+            "brighter",
+            "-o",
+            str(tmp_path / "e"),
+            "--model",
+            str(tiny_pipeline_dir),
+        ],
+        capsys,
+    )
+    assert code == 2 and "NAME=STRENGTH" in err
+    code, err = _error_of(
+        [
+            "edit",
+            str(scene_folder),
+            "--set",
+            "unknown=1",
+            "-o",
+            str(tmp_path / "e"),
+            "--model",
+            str(tiny_pipeline_dir),
+        ],
+        capsys,
+    )
+    assert code == 2 and "brighter" in err
+    code, err = _error_of(
+        [
+            "decode",
+            str(scene_folder / "scene0.png"),
+            "-o",
+            str(tmp_path / "d"),
+            "--model",
+            str(tiny_pipeline_dir),
+        ],
+        capsys,
+    )
+    assert code == 2 and "codes file" in err

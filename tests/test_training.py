@@ -1,0 +1,116 @@
+import json
+import math
+
+import pytest
+import torch
+
+from hvae.train_hvae import batch_sampler, make_loss
+from hvae.training import EMA, GradientSkipper, TrainConfig, latest_checkpoint, train
+
+from .conftest import tiny_hvae
+
+
+def test_skipper_skips_non_finite_and_stops_endless_divergence():
+    skipper = GradientSkipper(threshold=10.0, max_consecutive=3)
+    assert not skipper.should_skip(1.0)
+    assert skipper.should_skip(math.nan)
+    assert skipper.should_skip(math.inf)
+    with pytest.raises(RuntimeError, match="diverged"):
+        skipper.should_skip(math.nan)
+
+
+def test_skipper_raises_a_too_low_threshold_instead_of_skipping_forever():
+    skipper = GradientSkipper(threshold=10.0, max_consecutive=3)
+    assert skipper.should_skip(50.0) and skipper.should_skip(50.0)
+    assert not skipper.should_skip(50.0)  # third in a row: the update goes through
+    assert skipper.threshold == 20.0
+    assert skipper.total == 2
+
+
+def test_ema_tracks_the_weights():
+    model = torch.nn.Linear(2, 2, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)  # warm-up decay min(0.5, 2/11) = 2/11
+    expected = 1.0 - 2 / 11
+    torch.testing.assert_close(ema.shadow.weight, torch.full((2, 2), expected))
+
+
+def _run(out_dir, features, crash_at=None):
+    config = TrainConfig(
+        out_dir=str(out_dir),
+        steps=6,
+        batch_size=4,
+        lr=1e-3,
+        checkpoint_every=3,
+        log_every=1,
+        mixed_precision="no",
+    )
+    sampler = batch_sampler(features, 4, 0)
+
+    def batch_for_step(step):
+        if step == crash_at:
+            raise RuntimeError("killed")
+        return sampler(step)
+
+    return train(
+        tiny_hvae().train(), make_loss(kl_warmup_steps=2, free_bits=0.0), batch_for_step, config
+    )
+
+
+def test_resumed_training_matches_an_uninterrupted_run(tmp_path):
+    # One thread: with more, MKL may change its thread count under load, and with it the summation order.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _check_resume(tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_resume(tmp_path):
+    features = torch.randn(16, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    straight = _run(tmp_path / "a", features)
+    with pytest.raises(RuntimeError, match="killed"):
+        _run(tmp_path / "b", features, crash_at=4)  # dies after the step-3 checkpoint
+    assert latest_checkpoint(tmp_path / "b").name == "step-3"
+    resumed = _run(tmp_path / "b", features)
+    for (name, a), (_, b) in zip(
+        straight.state_dict().items(), resumed.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    logs = [
+        json.loads(line) for line in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in logs] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]  # the killed run's step 4 was redone, logged once
+    assert {"bpd", "kl0", "nll_bpd"} <= set(logs[-1])
+
+
+def test_training_lowers_the_loss(tmp_path):
+    features = torch.randn(8, 4, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.5
+    config = TrainConfig(
+        out_dir=str(tmp_path),
+        steps=40,
+        batch_size=8,
+        lr=3e-3,
+        checkpoint_every=100,
+        log_every=1,
+        mixed_precision="no",
+    )
+    train(
+        tiny_hvae().train(),
+        make_loss(kl_warmup_steps=1, free_bits=0.0),
+        batch_sampler(features, 8, 0),
+        config,
+    )
+    logs = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert sum(r["bpd"] for r in logs[-5:]) < sum(r["bpd"] for r in logs[:5])
