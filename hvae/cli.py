@@ -85,6 +85,7 @@ def cmd_train_autoencoder(args) -> int:
         patch_size=args.patch_size,
         n_scenes=args.scenes,
         cache_dir=args.cache_dir,
+        resume=not args.no_resume,
     )
     print(f"saved the stage-1 autoencoder to {args.out}")
     return 0
@@ -167,6 +168,7 @@ def cmd_train(args) -> int:
         kl_warmup_steps=args.kl_warmup,
         free_bits=args.free_bits,
         cache_dir=args.cache_dir,
+        resume=not args.no_resume,
     )
     print(f"saved the pipeline (autoencoder + hvae) to {args.out}")
     return 0
@@ -178,6 +180,9 @@ def cmd_encode(args) -> int:
 
     pipe = load_pipeline(args.model)
     images, names, failures = read_inputs(args.inputs)
+    sizes = sorted({image.size for image in images})
+    if len(sizes) > 1:
+        raise HVAEError(f"one codes file holds images of one size; got sizes {sizes}")
     groups: list[list] = []
     for chunk in tqdm(list(batches(images, args.batch_size)), desc="encoding", dynamic_ncols=True):
         codes = pipe.encode(chunk)
@@ -339,7 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output pipeline folder")
     p.add_argument(
-        "--preset", default="base", help="stage-2 architecture: base, flat (single group) or tiny"
+        "--preset",
+        choices=("base", "flat", "tiny"),
+        default="base",
+        help="stage-2 architecture: base (hierarchical), flat (single group) or tiny (default: base)",
     )
     p.add_argument(
         "--image-size",

@@ -198,7 +198,12 @@ class HVAECodes:
 
     latents: list[torch.Tensor]
     feature_size: tuple[int, int]
-    posteriors: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    posteriors: list[tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=list
+    )  # (mean, log std) per group
+    priors: list[tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=list
+    )  # p(z_i | z_<i): (mean, log std)
     image_size: tuple[int, int] | None = None  # set by pipelines, to crop decoded images back
 
     def __len__(self) -> int:
@@ -206,10 +211,11 @@ class HVAECodes:
 
     def clone(self) -> HVAECodes:
         return HVAECodes(
-            [z.clone() for z in self.latents],
-            self.feature_size,
-            list(self.posteriors),
-            self.image_size,
+            latents=[z.clone() for z in self.latents],
+            feature_size=self.feature_size,
+            posteriors=list(self.posteriors),
+            priors=list(self.priors),
+            image_size=self.image_size,
         )
 
 
@@ -234,6 +240,12 @@ class HierarchicalVAE(ModelMixin, ConfigMixin):
         hidden = max(8, int(width * hidden_ratio))
         encoder_spec = parse_spec(encoder_blocks, "xd")
         decoder_spec = parse_spec(decoder_blocks, "xmr")
+        for resolution, _, _ in encoder_spec + decoder_spec:
+            if resolution > sample_size or sample_size % resolution:
+                raise ValueError(
+                    f"block resolution {resolution} does not divide sample_size {sample_size}: "
+                    "the specs' resolutions are labels for a feature map of side sample_size"
+                )
         n_groups = sum(n for _, op, n in decoder_spec if op == "x")
         if n_groups == 0:
             raise ValueError("the decoder spec has no latent group ('x' token)")
@@ -385,7 +397,9 @@ class HierarchicalVAE(ModelMixin, ConfigMixin):
         return x, states
 
     def _likelihood(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, log_scale = self.head(F.gelu(x)).chunk(2, 1)
+        # fp32 even under autocast: a bf16 mean is off by a large fraction of a bin.
+        with torch.autocast(x.device.type, enabled=False):
+            mean, log_scale = self.head(F.gelu(x.to(self.head.weight.dtype))).chunk(2, 1)
         return mean, log_scale.clamp_min(self.config.min_log_scale)
 
     # ----------------------------------------------------------------- training
@@ -399,7 +413,7 @@ class HierarchicalVAE(ModelMixin, ConfigMixin):
         ``bits_per_dim`` is always the true negative ELBO.
         """
         self.check_features(features)
-        features = self.quantize(features.float())
+        features = self.quantize(features.to(self.head.weight.dtype))
         size = (features.shape[-2], features.shape[-1])
         activations = self._bottom_up(features)
         x, states = self._top_down(features.shape[0], size, activations=activations)
@@ -443,6 +457,7 @@ class HierarchicalVAE(ModelMixin, ConfigMixin):
             latents=[s.z for s in states],
             feature_size=size,
             posteriors=[(s.posterior_mean, s.posterior_log_scale) for s in states],
+            priors=[(s.prior_mean, s.prior_log_scale) for s in states],
         )
 
     @torch.no_grad()
@@ -491,7 +506,7 @@ class HierarchicalVAE(ModelMixin, ConfigMixin):
     ) -> torch.Tensor:
         """Per-image negative ELBO in bits (one posterior sample): what bits-back coding would spend."""
         self.check_features(features)
-        features = self.quantize(features.float())
+        features = self.quantize(features.to(self.head.weight.dtype))
         size = (features.shape[-2], features.shape[-1])
         x, states = self._top_down(
             features.shape[0], size, self._bottom_up(features), noise=self._noise_fn(generator)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import PartialState
 
 from hvae.data import folder_images, shapes_pixels
 from hvae.errors import HVAEError
@@ -87,10 +88,14 @@ def train_autoencoder(
     latent_noise: float = 0.05,
     n_scenes: int = 12000,
     cache_dir: str = "cache",
+    resume: bool = True,
 ) -> PatchAutoencoder:
     """Train, fit the latent scaling, save to ``out_dir`` in diffusers format, and return the EMA model."""
-    images = load_training_images(data, n_scenes, crop, config.seed, cache_dir)
+    state = PartialState()
+    with state.main_process_first():  # one process renders the scenes cache, the others read it
+        images = load_training_images(data, n_scenes, crop, config.seed, cache_dir)
     sampler = CropSampler(images, crop, config.batch_size, config.seed)
+    torch.manual_seed(config.seed)
     model = PatchAutoencoder(
         latent_channels=latent_channels,
         block_out_channels=tuple(block_out_channels),
@@ -99,8 +104,11 @@ def train_autoencoder(
     )
     config.out_dir = str(Path(out_dir) / "run")
     config.channels_last = True
-    ema = train(model, make_loss(latent_noise), sampler, config, description="stage 1")
+    ema = train(
+        model, make_loss(latent_noise), sampler, config, resume=resume, description="stage 1"
+    )
     scale, shift = fit_scaling(ema, torch.cat([sampler(10_000 + i) for i in range(4)]))
     ema.register_to_config(scaling_factor=scale, shift_factor=shift)
-    ema.save_pretrained(out_dir)
+    if state.is_main_process:
+        ema.save_pretrained(out_dir)
     return ema

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import PartialState
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -108,7 +110,9 @@ def make_loss(kl_warmup_steps: int, free_bits: float):
     def loss_fn(model, features: torch.Tensor, step: int):
         kl_weight = min(1.0, (step + 1) / max(1, kl_warmup_steps))
         out = model(features, kl_weight=kl_weight, free_bits=free_bits)
+        dims = features[0].numel()
         logs = {"bpd": out.bits_per_dim, "nll_bpd": out.nll_bits_per_dim, "kl_weight": kl_weight}
+        logs["elbo_nats"] = -out.bits_per_dim * dims * math.log(2)  # per image
         logs |= {f"kl{i}": kl for i, kl in enumerate(out.kl_bits_per_dim)}
         logs["kl"] = sum(out.kl_bits_per_dim)
         return out.loss, {
@@ -151,22 +155,35 @@ def train_hvae(
     free_bits: float = 0.01,
     cache_dir: str = "cache",
     save_pipeline: bool = True,
+    resume: bool = True,
     **model_overrides,
 ) -> HierarchicalVAE:
     """Train stage 2 on ``autoencoder``'s features of ``data``; save a pipeline folder to ``out_dir``."""
     ae_model = load_autoencoder(autoencoder)
     stage1 = FeatureAutoencoder(ae_model)
-    features = cached_features(stage1, data, image_size, n_scenes, config.seed, cache_dir)
-    model = make_hvae(preset, features.shape[1], features.shape[-1], **model_overrides)
+    # Build the model first: an architecture that does not fit the feature size
+    # should fail before minutes of feature caching, not after.
+    feature_side = -(-image_size // stage1.stride)
+    torch.manual_seed(config.seed)
+    try:
+        model = make_hvae(preset, stage1.latent_channels, feature_side, **model_overrides)
+    except ValueError as error:
+        raise HVAEError(
+            f"stage-2 architecture does not fit {feature_side}x{feature_side} features: {error}"
+        ) from None
+    state = PartialState()
+    with state.main_process_first():  # one process fills the cache, the others read it
+        features = cached_features(stage1, data, image_size, n_scenes, config.seed, cache_dir)
     config.out_dir = str(Path(out_dir) / "run")
     ema = train(
         model,
         make_loss(kl_warmup_steps, free_bits),
         batch_sampler(features, config.batch_size, config.seed),
         config,
+        resume=resume,
         description="stage 2",
     )
-    if save_pipeline:
+    if save_pipeline and state.is_main_process:
         from pipelines import HVAEPipeline
 
         HVAEPipeline(autoencoder=ae_model, hvae=ema).save_pretrained(out_dir)

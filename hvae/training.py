@@ -100,7 +100,7 @@ class GradientSkipper:
             self.consecutive += 1
             self.total += 1
             if self.consecutive >= self.max_consecutive:
-                raise RuntimeError(
+                raise HVAEError(
                     f"{self.consecutive} updates in a row had non-finite gradients: training diverged. "
                     "Lower the learning rate and resume from the last checkpoint."
                 )
@@ -179,8 +179,9 @@ def train(
 ) -> torch.nn.Module:
     """Train ``model`` and return its EMA copy (on CPU, fp32, eval mode).
 
-    ``batch_for_step(step)`` must be a pure function of the step, which is what
-    makes a resumed run see exactly the batches an uninterrupted one would.
+    ``batch_for_step(i)`` must be a pure function of ``i``, which is what makes a
+    resumed run see exactly the batches an uninterrupted one would; with several
+    processes, process ``p`` of ``P`` asks for ``i = step * P + p``.
     ``loss_fn(model, batch, step)`` returns the loss and a dict of floats to log.
     """
     out_dir = Path(config.out_dir)
@@ -200,24 +201,36 @@ def train(
         cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, step / config.steps)))
         return warm * (0.1 + 0.9 * cosine)
 
+    # The scheduler stays outside prepare(): a prepared one steps once per process,
+    # which would run the schedule P times too fast on P devices.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    ema = EMA(accelerator.unwrap_model(model), config.ema_decay)
+    # EMA before prepare(), so its copy has no autocast wrapper patched into forward.
+    ema = EMA(model, config.ema_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
     skipper = GradientSkipper(config.skip_threshold, config.max_consecutive_skips)
     counter = _StepCounter()
-    for stateful in (ema, skipper, counter):
+    for stateful in (scheduler, ema, skipper, counter):
         accelerator.register_for_checkpointing(stateful)
 
+    main = accelerator.is_main_process
     checkpoint = latest_checkpoint(out_dir) if resume else None
     if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
+        try:
+            accelerator.load_state(str(checkpoint))
+        except (RuntimeError, KeyError, ValueError) as error:
+            raise HVAEError(
+                f"cannot resume from {checkpoint}: it does not match this model or run ({error}). "
+                "Use a new output folder, or --no-resume to start afresh."
+            ) from None
         accelerator.print(f"resumed from {checkpoint} at step {counter.step}")
-        _truncate_log(out_dir / "train_log.jsonl", counter.step)
-    (out_dir / "train_config.json").write_text(
-        json.dumps(asdict(config) | {"precision": precision}, indent=2)
-    )
+        if main:
+            _truncate_log(out_dir / "train_log.jsonl", counter.step)
+    if main:
+        (out_dir / "train_config.json").write_text(
+            json.dumps(asdict(config) | {"precision": precision}, indent=2)
+        )
 
-    log_file = (out_dir / "train_log.jsonl").open("a")
+    log_file = (out_dir / "train_log.jsonl").open("a") if main else None
     progress = tqdm(
         total=config.steps,
         initial=counter.step,
@@ -229,7 +242,10 @@ def train(
     model.train()
     while counter.step < config.steps:
         step = counter.step
-        batch = batch_for_step(step).to(accelerator.device)
+        # Each process draws its own batch; with one process this is batch_for_step(step).
+        batch = batch_for_step(step * accelerator.num_processes + accelerator.process_index).to(
+            accelerator.device
+        )
         if config.channels_last and batch.ndim == 4:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with accelerator.autocast():
@@ -245,7 +261,7 @@ def train(
         counter.step += 1
         progress.update(1)
 
-        if counter.step % config.log_every == 0 or counter.step == config.steps:
+        if main and (counter.step % config.log_every == 0 or counter.step == config.steps):
             record = {
                 "step": counter.step,
                 "loss": loss.item(),
@@ -263,7 +279,8 @@ def train(
         if counter.step % config.checkpoint_every == 0 or counter.step == config.steps:
             _save_checkpoint(accelerator, out_dir, counter.step, config.keep_checkpoints)
     progress.close()
-    log_file.close()
+    if log_file is not None:
+        log_file.close()
     return ema.shadow.float().cpu().eval()
 
 
@@ -286,7 +303,9 @@ def _save_checkpoint(accelerator: Accelerator, out_dir: Path, step: int, keep: i
     partial = out_dir / "checkpoints" / f"partial-step-{step}"
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()  # every process has written its RNG state
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)

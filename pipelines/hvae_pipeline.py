@@ -8,6 +8,7 @@ diffusers autoencoder (``autoencoder``) and the stage-2 ``HierarchicalVAE``
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,8 @@ class HVAEPipeline(DiffusionPipeline):
         self.save_directions(Path(save_directory) / DIRECTIONS_FOLDER)
 
     def save_directions(self, folder: Path) -> None:
+        # Replace, never merge: stale directions of an earlier model must not survive a save.
+        shutil.rmtree(folder, ignore_errors=True)
         if not self._directions:
             return
         folder.mkdir(parents=True, exist_ok=True)
@@ -89,7 +92,11 @@ class HVAEPipeline(DiffusionPipeline):
             return
         vectors = load_file(str(folder / "directions.safetensors"))
         for name, meta in json.loads((folder / "directions.json").read_text()).items():
-            self._directions[name] = Direction(
+            if name not in vectors:
+                raise HVAEError(f"{folder}: direction {name!r} is listed but has no vector")
+            # register_direction checks the vector against this model's group shapes.
+            self.register_direction(
+                name,
                 vectors[name],
                 meta["group"],
                 meta.get("source", "user"),

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from hvae.errors import HVAEError
 from hvae.train_hvae import batch_sampler, make_loss
 from hvae.training import EMA, GradientSkipper, TrainConfig, latest_checkpoint, train
 
@@ -15,7 +16,7 @@ def test_skipper_skips_non_finite_and_stops_endless_divergence():
     assert not skipper.should_skip(1.0)
     assert skipper.should_skip(math.nan)
     assert skipper.should_skip(math.inf)
-    with pytest.raises(RuntimeError, match="diverged"):
+    with pytest.raises(HVAEError, match="diverged"):
         skipper.should_skip(math.nan)
 
 
