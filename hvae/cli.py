@@ -258,17 +258,15 @@ def cmd_edit(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from tqdm.auto import tqdm
+    from hvae.generate import generate_images
 
     pipe = load_pipeline(args.model)
-    out_dir = Path(args.out)
-    with tqdm(total=args.n, desc="generating", dynamic_ncols=True) as progress:
-        for start in range(0, args.n, args.batch_size):
-            count = min(args.batch_size, args.n - start)
-            images = pipe.sample(count, temperature=args.temperature, seed=args.seed, start=start)
-            save_images(images, [f"sample_{start + i:06d}" for i in range(count)], out_dir)
-            progress.update(count)
-    print(f"wrote {args.n} samples to {out_dir}")
+    result = generate_images(
+        pipe, args.n, Path(args.out), args.seed, args.temperature, args.batch_size
+    )
+    print(
+        f"wrote {result['written']} samples to {args.out} ({result['skipped']} already there); manifest: {result['manifest']}"
+    )
     return 0
 
 
@@ -414,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "generate",
         help="sample new images from the prior",
-        description="Draw images from the hierarchical prior. Image i depends only on (--seed, i), so the batch size never changes the output.",
+        description="Draw images from the hierarchical prior. Image i depends only on (--seed, i), so the batch size never changes the output. "
+        "OUT/manifest.jsonl records file, seed, temperature and model fingerprint per image; rerunning the same command resumes, skipping finished images.",
     )
     p.add_argument("-n", type=_positive_int, default=16, help="number of images (default: 16)")
     p.add_argument("-o", "--out", required=True, help="output folder")

@@ -113,7 +113,8 @@ def test_generate_is_identical_across_batch_sizes(tiny_pipeline_dir, tmp_path):
             == 0
         )
         digests.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir()})
-    assert digests[0] == digests[1] and len(digests[0]) == 3
+    assert digests[0] == digests[1]  # images and manifest alike
+    assert sorted(digests[0]) == ["manifest.jsonl", "sample_000000.png", "sample_000001.png", "sample_000002.png"]
 
 
 def test_demo_writes_its_pictures(tiny_pipeline_dir, tmp_path, capsys):
@@ -227,3 +228,92 @@ def test_wrong_model_folders_and_bad_arguments_get_clear_errors(
         capsys,
     )
     assert code == 2 and "codes file" in err
+
+
+def test_generate_resumes_after_a_kill_with_no_duplicates(tiny_pipeline_dir, tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    command = [
+        sys.executable,
+        "-m",
+        "hvae.cli",
+        "generate",
+        "-n",
+        "30",
+        "-o",
+        str(out),
+        "--batch-size",
+        "1",
+        "--model",
+        str(tiny_pipeline_dir),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = out / "manifest.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (
+        not manifest.exists() or len(manifest.read_text().splitlines()) < 3
+    ):
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_at = len(manifest.read_text().splitlines())
+    assert 3 <= killed_at < 30, "the run should have been killed part-way"
+
+    assert (
+        main(
+            [
+                "generate",
+                "-n",
+                "30",
+                "-o",
+                str(out),
+                "--batch-size",
+                "4",
+                "--model",
+                str(tiny_pipeline_dir),
+            ]
+        )
+        == 0
+    )
+    records = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert sorted(r["index"] for r in records) == list(range(30))
+    assert sorted(p.name for p in out.glob("*.png")) == [f"sample_{i:06d}.png" for i in range(30)]
+
+    straight = tmp_path / "straight"
+    assert (
+        main(["generate", "-n", "30", "-o", str(straight), "--model", str(tiny_pipeline_dir)]) == 0
+    )
+    for i in range(30):
+        name = f"sample_{i:06d}.png"
+        assert (out / name).read_bytes() == (straight / name).read_bytes(), name
+
+
+def test_generate_refuses_to_mix_settings_in_one_folder(tiny_pipeline_dir, tmp_path, capsys):
+    out = tmp_path / "g"
+    assert (
+        main(
+            [
+                "generate",
+                "-n",
+                "2",
+                "-o",
+                str(out),
+                "--seed",
+                "1",
+                "--model",
+                str(tiny_pipeline_dir),
+            ]
+        )
+        == 0
+    )
+    code, err = _error_of(
+        ["generate", "-n", "2", "-o", str(out), "--seed", "2", "--model", str(tiny_pipeline_dir)],
+        capsys,
+    )
+    assert code == 2 and "other settings" in err
