@@ -106,9 +106,11 @@ def cached_features(
     return features
 
 
-def make_loss(kl_warmup_steps: int, free_bits: float):
+def make_loss(kl_warmup_steps: int, free_bits: float, final_kl_weight: float = 1.0):
+    """Negative ELBO with KL warm-up to ``final_kl_weight`` (1.0 = the true ELBO; below 1 = beta-VAE)."""
+
     def loss_fn(model, features: torch.Tensor, step: int):
-        kl_weight = min(1.0, (step + 1) / max(1, kl_warmup_steps))
+        kl_weight = final_kl_weight * min(1.0, (step + 1) / max(1, kl_warmup_steps))
         out = model(features, kl_weight=kl_weight, free_bits=free_bits)
         dims = features[0].numel()
         logs = {"bpd": out.bits_per_dim, "nll_bpd": out.nll_bits_per_dim, "kl_weight": kl_weight}
@@ -153,6 +155,7 @@ def train_hvae(
     n_scenes: int = 12000,
     kl_warmup_steps: int = 500,
     free_bits: float = 0.01,
+    kl_weight: float = 1.0,
     cache_dir: str = "cache",
     save_pipeline: bool = True,
     resume: bool = True,
@@ -177,7 +180,7 @@ def train_hvae(
     config.out_dir = str(Path(out_dir) / "run")
     ema = train(
         model,
-        make_loss(kl_warmup_steps, free_bits),
+        make_loss(kl_warmup_steps, free_bits, kl_weight),
         batch_sampler(features, config.batch_size, config.seed),
         config,
         resume=resume,

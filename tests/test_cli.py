@@ -114,7 +114,12 @@ def test_generate_is_identical_across_batch_sizes(tiny_pipeline_dir, tmp_path):
         )
         digests.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir()})
     assert digests[0] == digests[1]  # images and manifest alike
-    assert sorted(digests[0]) == ["manifest.jsonl", "sample_000000.png", "sample_000001.png", "sample_000002.png"]
+    assert sorted(digests[0]) == [
+        "manifest.jsonl",
+        "sample_000000.png",
+        "sample_000001.png",
+        "sample_000002.png",
+    ]
 
 
 def test_demo_writes_its_pictures(tiny_pipeline_dir, tmp_path, capsys):

@@ -115,3 +115,18 @@ def test_training_lowers_the_loss(tmp_path):
     )
     logs = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert sum(r["bpd"] for r in logs[-5:]) < sum(r["bpd"] for r in logs[:5])
+
+
+def test_kl_weight_scales_only_the_kl_term_after_warm_up():
+    features = torch.randn(4, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    model = tiny_hvae()
+    losses = {}
+    for weight in (1.0, 0.3, 0.0):
+        torch.manual_seed(0)
+        loss, logs = make_loss(kl_warmup_steps=1, free_bits=0.0, final_kl_weight=weight)(
+            model, features, step=10
+        )
+        losses[weight] = loss.item()
+        assert logs["kl_weight"] == weight
+    nll_only, full = losses[0.0], losses[1.0]
+    assert losses[0.3] == pytest.approx(nll_only + 0.3 * (full - nll_only), rel=1e-5)
