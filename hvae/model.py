@@ -109,6 +109,11 @@ class Block(nn.Module):
         return x + h if self.residual else h
 
 
+def residual_block(width: int, hidden: int, resolution: int, depth_scale: float) -> Block:
+    """A width-preserving residual block, scaled down by depth so deep stacks start near identity."""
+    return Block(width, hidden, width, residual=True, spatial=resolution > 1, out_scale=depth_scale)
+
+
 @dataclass
 class GroupState:
     """Everything one latent group produced in one top-down pass."""
@@ -258,14 +263,7 @@ class HierarchicalVAE(ModelMixin, ConfigMixin):
         for resolution, op, n in encoder_spec:
             for _ in range(n if op == "x" else 1):
                 module = (
-                    Block(
-                        width,
-                        hidden,
-                        width,
-                        residual=True,
-                        spatial=resolution > 1,
-                        out_scale=depth_scale,
-                    )
+                    residual_block(width, hidden, resolution, depth_scale)
                     if op == "x"
                     else nn.Identity()
                 )
@@ -287,14 +285,7 @@ class HierarchicalVAE(ModelMixin, ConfigMixin):
                     zc = global_z_channels if resolution == 1 else z_channels
                     module = LatentGroup(resolution, width, hidden, zc, depth_scale)
                 elif op == "r":
-                    module = Block(
-                        width,
-                        hidden,
-                        width,
-                        residual=True,
-                        spatial=resolution > 1,
-                        out_scale=depth_scale,
-                    )
+                    module = residual_block(width, hidden, resolution, depth_scale)
                 else:
                     module = nn.Identity()
                 self.decoder.append(module)

@@ -1,0 +1,61 @@
+"""The bundled scenes pipeline, loaded the way users load it, against quality floors."""
+
+import colorsys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hvae.autoencoder import FeatureAutoencoder
+from hvae.demo import held_out_scenes, round_trip_psnr
+from pipelines import HVAEPipeline
+
+BUNDLED = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes"
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return HVAEPipeline.from_pretrained(BUNDLED)
+
+
+def test_bundled_autoencoder_loads_through_from_pretrained():
+    stage1 = FeatureAutoencoder.from_pretrained(BUNDLED / "autoencoder")
+    assert stage1.stride == 4 and stage1.latent_channels == 4
+
+
+def test_round_trip_quality_on_held_out_scenes(pipe):
+    stage1_psnr, full_psnr, _, _ = round_trip_psnr(pipe, held_out_scenes(32, 64))
+    assert stage1_psnr.mean() > 33.0
+    # Regression floor: the bundled model measures 0.95 dB below stage 1 on 256 scenes;
+    # the 0.5 dB target is tracked by benchmarks/roundtrip.py, not here.
+    assert full_psnr.mean() > stage1_psnr.mean() - 1.3
+
+
+def _saturated_hue(pixel):
+    hue, saturation, value = colorsys.rgb_to_hsv(*(np.asarray(pixel) / 255.0))
+    return hue, saturation, value
+
+
+def count_scene_like(images) -> int:
+    """Images whose wall corners share one saturated colour and floor corners another: the scene layout."""
+    count = 0
+    for image in images:
+        s = np.asarray(image).astype(float)
+        top_left, top_right, bottom_left, bottom_right = s[2, 2], s[2, -3], s[-3, 2], s[-3, -3]
+        walls_agree = np.abs(top_left - top_right).max() < 40
+        floors_agree = np.abs(bottom_left - bottom_right).max() < 40
+        saturated = all(_saturated_hue(p)[1] > 0.7 for p in (top_left, bottom_left))
+        count += walls_agree and floors_agree and saturated
+    return count
+
+
+def test_the_scene_check_accepts_real_scenes():
+    assert count_scene_like(held_out_scenes(16, 64)) == 16
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known failure: bundled samples are not yet scene-like (README, Measured results)",
+)
+def test_samples_at_temperature_0_8_look_like_scenes(pipe):
+    assert count_scene_like(pipe.sample(16, temperature=0.8, seed=0)) >= 14
