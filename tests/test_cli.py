@@ -244,20 +244,21 @@ def test_generate_resumes_after_a_kill_with_no_duplicates(tiny_pipeline_dir, tmp
     import time
 
     out = tmp_path / "killed"
-    command = [
-        sys.executable,
-        "-m",
-        "hvae.cli",
-        "generate",
-        "-n",
-        "30",
-        "-o",
-        str(out),
-        "--batch-size",
-        "1",
-        "--model",
-        str(tiny_pipeline_dir),
-    ]
+
+    def generate_args(batch_size: int) -> list[str]:
+        return [
+            "generate",
+            "-n",
+            "30",
+            "-o",
+            str(out),
+            "--batch-size",
+            str(batch_size),
+            "--model",
+            str(tiny_pipeline_dir),
+        ]
+
+    command = [sys.executable, "-m", "hvae.cli", *generate_args(1)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     manifest = out / "manifest.jsonl"
     deadline = time.time() + 120
@@ -270,22 +271,7 @@ def test_generate_resumes_after_a_kill_with_no_duplicates(tiny_pipeline_dir, tmp
     killed_at = len(manifest.read_text().splitlines())
     assert 3 <= killed_at < 30, "the run should have been killed part-way"
 
-    assert (
-        main(
-            [
-                "generate",
-                "-n",
-                "30",
-                "-o",
-                str(out),
-                "--batch-size",
-                "4",
-                "--model",
-                str(tiny_pipeline_dir),
-            ]
-        )
-        == 0
-    )
+    assert main(generate_args(4)) == 0
     records = [json.loads(line) for line in manifest.read_text().splitlines()]
     assert sorted(r["index"] for r in records) == list(range(30))
     assert sorted(p.name for p in out.glob("*.png")) == [f"sample_{i:06d}.png" for i in range(30)]
