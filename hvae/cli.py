@@ -49,7 +49,9 @@ def _add_training_args(
         "--checkpoint-every", type=_positive_int, default=500, help="steps between checkpoints"
     )
     group.add_argument(
-        "--no-resume", action="store_true", help="start afresh even if OUT has checkpoints"
+        "--no-resume",
+        action="store_true",
+        help="start afresh: delete the checkpoints and log of an earlier run in OUT/run",
     )
     group.add_argument(
         "--cache-dir", default="cache", help="where rendered scenes and features are cached"

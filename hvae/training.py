@@ -213,6 +213,11 @@ def train(
         accelerator.register_for_checkpointing(stateful)
 
     main = accelerator.is_main_process
+    if not resume and main:
+        # Starting afresh: old checkpoints and logs would otherwise be mistaken for this run's.
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+        (out_dir / "train_log.jsonl").unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
     checkpoint = latest_checkpoint(out_dir) if resume else None
     if checkpoint is not None:
         try:

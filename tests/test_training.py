@@ -130,3 +130,24 @@ def test_kl_weight_scales_only_the_kl_term_after_warm_up():
         assert logs["kl_weight"] == weight
     nll_only, full = losses[0.0], losses[1.0]
     assert losses[0.3] == pytest.approx(nll_only + 0.3 * (full - nll_only), rel=1e-5)
+
+
+def test_no_resume_starts_afresh_and_forgets_the_old_run(tmp_path):
+    features = torch.randn(8, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(
+        out_dir=str(tmp_path),
+        steps=4,
+        batch_size=4,
+        checkpoint_every=2,
+        log_every=1,
+        mixed_precision="no",
+    )
+    train(tiny_hvae().train(), make_loss(1, 0.0), batch_sampler(features, 4, 0), config)
+    assert latest_checkpoint(tmp_path).name == "step-4"
+    config.steps = 2
+    train(
+        tiny_hvae().train(), make_loss(1, 0.0), batch_sampler(features, 4, 0), config, resume=False
+    )
+    assert latest_checkpoint(tmp_path).name == "step-2"
+    logs = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs] == [1, 2]
