@@ -106,7 +106,12 @@ class HVAEPipeline(DiffusionPipeline):
     # ------------------------------------------------------------ helpers
     @property
     def stage1(self) -> FeatureAutoencoder:
-        return FeatureAutoencoder(self.autoencoder)
+        # One wrapper per autoencoder: building it anew on every call would re-probe
+        # the stride (a forward pass) for classes that do not declare it.
+        cached = getattr(self, "_stage1", None)
+        if cached is None or cached.model is not self.autoencoder:
+            cached = self._stage1 = FeatureAutoencoder(self.autoencoder)
+        return cached
 
     def fingerprint(self) -> str:
         """Hash of both models' configs and weights: identifies the exact model that made an output."""
