@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
-
-import torch
 
 from hvae.errors import HVAEError
 
@@ -58,6 +55,28 @@ def _add_training_args(
     )
 
 
+def _add_batch_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=default_model(),
+        help="pipeline folder (default: the bundled scenes pipeline, or $HVAE_MODEL)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=16,
+        help="images per forward pass (default: 16; see benchmarks/throughput.py)",
+    )
+    parser.add_argument(
+        "--ray-workers",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="spread the work over N Ray Data workers (needs pip install -e '.[distributed]'; "
+        "RAY_ADDRESS selects a cluster, else a local one starts); output is identical to a local run",
+    )
+
+
 def _training_config(args, out_dir: str):
     from hvae.training import TrainConfig
 
@@ -74,6 +93,7 @@ def _training_config(args, out_dir: str):
 
 def cmd_train_autoencoder(args) -> int:
     from hvae.train_autoencoder import train_autoencoder
+    from hvae.training import process_state
 
     config = _training_config(args, args.out)
     train_autoencoder(
@@ -89,7 +109,8 @@ def cmd_train_autoencoder(args) -> int:
         cache_dir=args.cache_dir,
         resume=not args.no_resume,
     )
-    print(f"saved the stage-1 autoencoder to {args.out}")
+    if process_state().is_main_process:
+        print(f"saved the stage-1 autoencoder to {args.out}")
     return 0
 
 
@@ -110,38 +131,6 @@ def load_pipeline(path: str):
     return pipe
 
 
-def save_images(images, names, out_dir: Path) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for image, name in zip(images, names, strict=True):
-        path = out_dir / f"{name}.png"
-        image.save(path)
-        paths.append(path)
-    return paths
-
-
-def read_inputs(inputs: list[str]):
-    """Readable images and their stems; unreadable ones are reported on stderr and counted."""
-    from hvae.data.images import find_images, load_image
-
-    images, names, failures = [], [], 0
-    for path in find_images(inputs):
-        try:
-            images.append(load_image(path))
-            names.append(path.stem)
-        except HVAEError as error:
-            print(f"skipped: {error}", file=sys.stderr)
-            failures += 1
-    if not images:
-        raise HVAEError("none of the inputs could be read as an image")
-    return images, names, failures
-
-
-def batches(items: list, size: int):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def parse_edits(pairs: list[str]) -> dict[str, float]:
     edits = {}
     for pair in pairs or []:
@@ -157,6 +146,7 @@ def parse_edits(pairs: list[str]) -> dict[str, float]:
 
 def cmd_train(args) -> int:
     from hvae.train_hvae import train_hvae
+    from hvae.training import process_state
 
     config = _training_config(args, args.out)
     train_hvae(
@@ -170,107 +160,73 @@ def cmd_train(args) -> int:
         kl_warmup_steps=args.kl_warmup,
         free_bits=args.free_bits,
         kl_weight=args.kl_weight,
+        global_free_bits=args.global_free_bits,
         cache_dir=args.cache_dir,
         resume=not args.no_resume,
     )
-    print(f"saved the pipeline (autoencoder + hvae) to {args.out}")
+    if process_state().is_main_process:
+        print(f"saved the pipeline (autoencoder + hvae) to {args.out}")
     return 0
+
+
+def run_batch(job, pipe, args) -> int:
+    """Run a batch job locally or on Ray, print its summary; exit 1 if any input failed."""
+    if args.ray_workers:
+        from hvae.distributed import run_job_on_ray
+
+        summary = run_job_on_ray(
+            job, args.model, pipe.fingerprint(), args.ray_workers, args.batch_size
+        )
+    else:
+        from hvae.batch import run_job
+
+        summary = run_job(job, pipe, args.batch_size)
+    for item, error in summary.failures:
+        print(f"failed: {item}: {error}", file=sys.stderr)
+    print(
+        f"{job.description}: {summary.done} done, {summary.already_done} already done, "
+        f"{len(summary.failures)} failed -> {args.out} (manifest: {summary.manifest})"
+    )
+    return 1 if summary.failures else 0
 
 
 def cmd_encode(args) -> int:
-    from safetensors.torch import save_file
-    from tqdm.auto import tqdm
+    from hvae.batch import EncodeJob
 
     pipe = load_pipeline(args.model)
-    images, names, failures = read_inputs(args.inputs)
-    sizes = sorted({image.size for image in images})
-    if len(sizes) > 1:
-        raise HVAEError(f"one codes file holds images of one size; got sizes {sizes}")
-    groups: list[list] = []
-    for chunk in tqdm(list(batches(images, args.batch_size)), desc="encoding", dynamic_ncols=True):
-        codes = pipe.encode(chunk)
-        groups.append(codes.latents)
-    tensors = {
-        f"group_{i}": torch.cat([g[i] for g in groups]).contiguous().cpu()
-        for i in range(len(groups[0]))
-    }
-    metadata = {
-        "names": json.dumps(names),
-        "image_size": json.dumps(list(codes.image_size)),
-        "feature_size": json.dumps(list(codes.feature_size)),
-        "fingerprint": pipe.fingerprint(),
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, args.out, metadata=metadata)
-    print(f"wrote codes of {len(names)} images ({len(tensors)} latent groups) to {args.out}")
-    return 1 if failures else 0
+    return run_batch(EncodeJob(args.inputs, Path(args.out), args.shard_size), pipe, args)
 
 
 def cmd_decode(args) -> int:
-    from safetensors import safe_open
+    from hvae.batch import DecodeJob
 
-    from hvae.model import HVAECodes
-
-    pipe = load_pipeline(args.model)
-    try:
-        with safe_open(args.codes, "pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except Exception as error:  # noqa: BLE001 - safetensors raises several types
-        raise HVAEError(
-            f"{args.codes}: not a codes file written by 'hvae encode' ({error})"
-        ) from None
-    if "names" not in metadata:
-        raise HVAEError(f"{args.codes}: not a codes file written by 'hvae encode' (no metadata)")
-    if metadata.get("fingerprint") != pipe.fingerprint():
-        raise HVAEError(
-            f"{args.codes} was encoded by model {metadata.get('fingerprint')}, but {args.model} is model {pipe.fingerprint()}"
-        )
-    names = json.loads(metadata["names"])
-    latents = [tensors[f"group_{i}"] for i in range(len(tensors))]
-    out_dir, written = Path(args.out), 0
-    for start in range(0, len(names), args.batch_size):
-        codes = HVAECodes(
-            latents=[z[start : start + args.batch_size].to(pipe.device) for z in latents],
-            feature_size=tuple(json.loads(metadata["feature_size"])),
-            image_size=tuple(json.loads(metadata["image_size"])),
-        )
-        written += len(
-            save_images(pipe.decode(codes), names[start : start + args.batch_size], out_dir)
-        )
-    print(f"decoded {written} images to {out_dir}")
-    return 0
+    job = DecodeJob(Path(args.codes), Path(args.out))
+    return run_batch(job, load_pipeline(args.model), args)
 
 
 def cmd_edit(args) -> int:
+    from hvae.batch import EditJob
+
     pipe = load_pipeline(args.model)
     edits = parse_edits(args.set)
     if not edits:
         raise HVAEError(
             f"give at least one --set NAME=STRENGTH; directions: {', '.join(pipe.directions) or 'none'}"
         )
-    images, names, failures = read_inputs(args.inputs)
-    pipe.edit(pipe.encode(images[:1]), edits)  # fail on unknown names before any work
-    out_dir = Path(args.out)
-    for chunk, chunk_names in zip(
-        batches(images, args.batch_size), batches(names, args.batch_size), strict=True
-    ):
-        save_images(pipe(chunk, edits=edits), chunk_names, out_dir)
-    print(f"wrote {len(names)} edited images to {out_dir}")
-    return 1 if failures else 0
+    unknown = sorted(set(edits) - set(pipe.directions))
+    if unknown:  # fail before any work
+        raise HVAEError(
+            f"unknown direction(s) {', '.join(unknown)}; known: {', '.join(pipe.directions) or 'none'}"
+        )
+    return run_batch(EditJob(args.inputs, Path(args.out), edits), pipe, args)
 
 
 def cmd_generate(args) -> int:
-    from hvae.generate import generate_images
+    from hvae.batch import GenerateJob
 
     pipe = load_pipeline(args.model)
-    result = generate_images(
-        pipe, args.n, Path(args.out), args.seed, args.temperature, args.batch_size
-    )
-    print(
-        f"wrote {result['written']} samples to {args.out} ({result['skipped']} already there); manifest: {result['manifest']}"
-    )
-    return 0
+    job = GenerateJob(args.n, Path(args.out), args.seed, args.temperature)
+    return run_batch(job, pipe, args)
 
 
 def cmd_demo(args) -> int:
@@ -375,37 +331,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--free-bits", type=float, default=0.01, help="free nats per latent dimension in each group"
     )
+    p.add_argument(
+        "--global-free-bits",
+        type=float,
+        default=None,
+        help="free nats per dimension for the global (1x1) group only; a floor such as 1.0 keeps "
+        "scene-level content in the global group that sampling and editing rely on "
+        "(default: same as --free-bits)",
+    )
     _add_training_args(p, steps=3000, batch_size=32, lr=2e-3)
     p.set_defaults(func=cmd_train)
 
     model_help = "pipeline folder (default: the bundled scenes pipeline, or $HVAE_MODEL)"
 
+    batch_help = (
+        "OUT/manifest.jsonl gets one line per input as it finishes; rerunning the same command resumes, "
+        "skipping finished inputs. Unreadable inputs are listed in the manifest and the summary, the "
+        "batch goes on, and the exit code is 1."
+    )
+
     p = sub.add_parser(
         "encode",
-        help="images -> latent codes (safetensors)",
-        description="Encode images (files or folders, recursive; one size) to every latent group's posterior mean, saved as safetensors with the names, sizes and model fingerprint.",
+        help="images -> latent codes (safetensors shards)",
+        description="Encode images (files or folders, recursive) to every latent group's posterior mean. "
+        "OUT is a folder of safetensors shards (codes-NNNNN.safetensors, one image size each, with names, sizes "
+        "and model fingerprint in their metadata). " + batch_help,
     )
     p.add_argument("inputs", nargs="+", help="image files or folders")
-    p.add_argument("-o", "--out", required=True, help="output .safetensors file")
-    p.add_argument("--model", default=default_model(), help=model_help)
-    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("-o", "--out", required=True, help="output codes folder")
+    p.add_argument(
+        "--shard-size", type=_positive_int, default=256, help="images per shard (default: 256)"
+    )
+    _add_batch_args(p)
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser(
         "decode",
         help="latent codes -> images",
-        description="Decode a codes file written by 'hvae encode' to PNG images, one per encoded name. The model must be the one that encoded them.",
+        description="Decode a codes folder written by 'hvae encode' to PNG images, one per encoded input, "
+        "at their original relative paths. The model must be the one that encoded them. "
+        + batch_help,
     )
-    p.add_argument("codes", help="codes .safetensors file")
+    p.add_argument("codes", help="codes folder written by 'hvae encode'")
     p.add_argument("-o", "--out", required=True, help="output folder")
-    p.add_argument("--model", default=default_model(), help=model_help)
-    p.add_argument("--batch-size", type=_positive_int, default=32)
+    _add_batch_args(p)
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser(
         "edit",
         help="move images along named directions",
-        description="Encode each image, add each --set direction at its strength to its latent group, and decode. Run without --set to list the pipeline's direction names.",
+        description="Encode each image (files or folders, recursive), add each --set direction at its strength, "
+        "and decode to OUT at the input's relative path. Run without --set to list the direction names. "
+        + batch_help,
     )
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument(
@@ -415,15 +392,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="a direction and its strength; repeatable",
     )
     p.add_argument("-o", "--out", required=True, help="output folder")
-    p.add_argument("--model", default=default_model(), help=model_help)
-    p.add_argument("--batch-size", type=_positive_int, default=32)
+    _add_batch_args(p)
     p.set_defaults(func=cmd_edit)
 
     p = sub.add_parser(
         "generate",
         help="sample new images from the prior",
-        description="Draw images from the hierarchical prior. Image i depends only on (--seed, i), so the batch size never changes the output. "
-        "OUT/manifest.jsonl records file, seed, temperature and model fingerprint per image; rerunning the same command resumes, skipping finished images.",
+        description="Draw images from the hierarchical prior. Image i depends only on (--seed, i, --temperature, model), "
+        "so the batch size and the number of Ray workers never change the output. "
+        "OUT/manifest.jsonl records file, seed, temperature and model fingerprint per image; rerunning the same "
+        "command resumes, skipping finished images.",
     )
     p.add_argument("-n", type=_positive_int, default=16, help="number of images (default: 16)")
     p.add_argument("-o", "--out", required=True, help="output folder")
@@ -434,8 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.8,
         help="scale of every group's prior std (default: 0.8)",
     )
-    p.add_argument("--batch-size", type=_positive_int, default=32)
-    p.add_argument("--model", default=default_model(), help=model_help)
+    _add_batch_args(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser(

@@ -111,7 +111,14 @@ class Block(nn.Module):
 
 def residual_block(width: int, hidden: int, resolution: int, depth_scale: float) -> Block:
     """A width-preserving residual block, scaled down by depth so deep stacks start near identity."""
-    return Block(width, hidden, width, residual=True, spatial=resolution > 1, out_scale=depth_scale)
+    return Block(
+        width,
+        hidden,
+        width,
+        residual=True,
+        spatial=resolution > 1,
+        out_scale=depth_scale,
+    )
 
 
 @dataclass
@@ -130,17 +137,32 @@ class LatentGroup(nn.Module):
     """One top-down step that owns a latent group: prior, residual posterior, and state update."""
 
     def __init__(
-        self, resolution: int, width: int, hidden: int, z_channels: int, depth_scale: float
+        self,
+        resolution: int,
+        width: int,
+        hidden: int,
+        z_channels: int,
+        depth_scale: float,
     ):
         super().__init__()
         spatial = resolution > 1
         self.resolution, self.z_channels = resolution, z_channels
         self.posterior = Block(
-            2 * width, hidden, 2 * z_channels, residual=False, spatial=spatial, out_scale=0.1
+            2 * width,
+            hidden,
+            2 * z_channels,
+            residual=False,
+            spatial=spatial,
+            out_scale=0.1,
         )
         # Zero output at init: the prior starts as N(0, 1) and adds nothing to the state.
         self.prior = Block(
-            width, hidden, 2 * z_channels + width, residual=False, spatial=spatial, out_scale=0.0
+            width,
+            hidden,
+            2 * z_channels + width,
+            residual=False,
+            spatial=spatial,
+            out_scale=0.0,
         )
         self.z_proj = nn.Conv2d(z_channels, width, 1)
         with torch.no_grad():
@@ -210,6 +232,9 @@ class HVAECodes:
         default_factory=list
     )  # p(z_i | z_<i): (mean, log std)
     image_size: tuple[int, int] | None = None  # set by pipelines, to crop decoded images back
+    # Set by pipelines: features minus the decode of these latents, i.e. the detail the
+    # latents leave out. Edits move the latents and keep it, so detail survives an edit.
+    detail: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.latents[0].shape[0]
@@ -221,6 +246,7 @@ class HVAECodes:
             posteriors=list(self.posteriors),
             priors=list(self.priors),
             image_size=self.image_size,
+            detail=self.detail,
         )
 
 
@@ -323,7 +349,8 @@ class HierarchicalVAE(ModelMixin, ConfigMixin):
                 f"expected features (N, {self.config.in_channels}, H, W), got {tuple(features.shape)}"
             )
         coarsest = min(
-            (r for r, _, _ in self._decoder_ops if r > 1), default=self.config.sample_size
+            (r for r, _, _ in self._decoder_ops if r > 1),
+            default=self.config.sample_size,
         )
         multiple = self.config.sample_size // coarsest
         if features.shape[-2] % multiple or features.shape[-1] % multiple:
@@ -395,13 +422,16 @@ class HierarchicalVAE(ModelMixin, ConfigMixin):
 
     # ----------------------------------------------------------------- training
     def forward(
-        self, features: torch.Tensor, kl_weight: float = 1.0, free_bits: float = 0.0
+        self,
+        features: torch.Tensor,
+        kl_weight: float = 1.0,
+        free_bits: float | Sequence[float] = 0.0,
     ) -> HVAEOutput:
         """Negative ELBO of ``features`` with one posterior sample.
 
         ``kl_weight`` (KL warm-up) and ``free_bits`` (nats per latent dimension,
-        applied to each group's batch-mean KL) shape only the training loss;
-        ``bits_per_dim`` is always the true negative ELBO.
+        applied to each group's batch-mean KL; one number, or one per group) shape
+        only the training loss; ``bits_per_dim`` is always the true negative ELBO.
         """
         self.check_features(features)
         features = self.quantize(features.to(self.head.weight.dtype))
@@ -419,8 +449,10 @@ class HierarchicalVAE(ModelMixin, ConfigMixin):
         )
         kls = [s.kl.float().flatten(1).sum(1) for s in states]
         objective = nll.mean()
-        for s, kl in zip(states, kls, strict=True):
-            objective = objective + kl_weight * kl.mean().clamp_min(free_bits * s.kl[0].numel())
+        if isinstance(free_bits, (int, float)):
+            free_bits = [free_bits] * len(states)
+        for s, kl, floor in zip(states, kls, free_bits, strict=True):
+            objective = objective + kl_weight * kl.mean().clamp_min(floor * s.kl[0].numel())
         to_bits = 1.0 / (dims * math.log(2))
         total = nll + torch.stack(kls).sum(0)
         return HVAEOutput(
@@ -434,7 +466,10 @@ class HierarchicalVAE(ModelMixin, ConfigMixin):
     # ----------------------------------------------------------------- inference API
     @torch.no_grad()
     def encode(
-        self, features: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
+        self,
+        features: torch.Tensor,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
     ) -> HVAECodes:
         """Posterior of every group; latents are the posterior means unless ``sample``."""
         self.check_features(features)
@@ -442,7 +477,11 @@ class HierarchicalVAE(ModelMixin, ConfigMixin):
         size = (features.shape[-2], features.shape[-1])
         noise = self._noise_fn(generator)
         _, states = self._top_down(
-            features.shape[0], size, self._bottom_up(features), noise=noise, use_mean=not sample
+            features.shape[0],
+            size,
+            self._bottom_up(features),
+            noise=noise,
+            use_mean=not sample,
         )
         return HVAECodes(
             latents=[s.z for s in states],
@@ -500,7 +539,10 @@ class HierarchicalVAE(ModelMixin, ConfigMixin):
         features = self.quantize(features.to(self.head.weight.dtype))
         size = (features.shape[-2], features.shape[-1])
         x, states = self._top_down(
-            features.shape[0], size, self._bottom_up(features), noise=self._noise_fn(generator)
+            features.shape[0],
+            size,
+            self._bottom_up(features),
+            noise=self._noise_fn(generator),
         )
         mean, log_scale = self._likelihood(x)
         nll = (

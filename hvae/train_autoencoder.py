@@ -7,13 +7,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import PartialState
 
 from hvae.data import folder_images, shapes_pixels
 from hvae.errors import HVAEError
 from hvae.metrics import psnr
 from hvae.patch_autoencoder import PatchAutoencoder
-from hvae.training import TrainConfig, train
+from hvae.training import TrainConfig, process_state, train
 
 
 class CropSampler:
@@ -91,7 +90,7 @@ def train_autoencoder(
     resume: bool = True,
 ) -> PatchAutoencoder:
     """Train, fit the latent scaling, save to ``out_dir`` in diffusers format, and return the EMA model."""
-    state = PartialState()
+    state = process_state()
     with state.main_process_first():  # one process renders the scenes cache, the others read it
         images = load_training_images(data, n_scenes, crop, config.seed, cache_dir)
     sampler = CropSampler(images, crop, config.batch_size, config.seed)

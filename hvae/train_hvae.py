@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import PartialState
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -17,7 +16,7 @@ from hvae.data import folder_images, shapes_pixels
 from hvae.errors import HVAEError
 from hvae.fingerprint import fingerprint
 from hvae.model import HierarchicalVAE
-from hvae.training import TrainConfig, train
+from hvae.training import TrainConfig, process_state, train
 
 # Named stage-2 architectures. "flat" is the single-group baseline of about the
 # same size as "base", used by benchmarks/hierarchy.py.
@@ -106,12 +105,32 @@ def cached_features(
     return features
 
 
-def make_loss(kl_warmup_steps: int, free_bits: float, final_kl_weight: float = 1.0):
-    """Negative ELBO with KL warm-up to ``final_kl_weight`` (1.0 = the true ELBO; below 1 = beta-VAE)."""
+def _unwrap(model):
+    return getattr(model, "module", model)  # DistributedDataParallel keeps the model in .module
+
+
+def make_loss(
+    kl_warmup_steps: int,
+    free_bits: float,
+    final_kl_weight: float = 1.0,
+    global_free_bits: float | None = None,
+):
+    """Negative ELBO with KL warm-up to ``final_kl_weight`` (1.0 = the true ELBO; below 1 = beta-VAE).
+
+    ``global_free_bits`` overrides ``free_bits`` for the global (1x1) group: a floor
+    there keeps scene-level information in the group that sampling and editing use,
+    instead of letting it spread into the cheap spatial groups.
+    """
 
     def loss_fn(model, features: torch.Tensor, step: int):
         kl_weight = final_kl_weight * min(1.0, (step + 1) / max(1, kl_warmup_steps))
-        out = model(features, kl_weight=kl_weight, free_bits=free_bits)
+        floors = [
+            global_free_bits
+            if group.resolution == 1 and global_free_bits is not None
+            else free_bits
+            for group in _unwrap(model).latent_groups
+        ]
+        out = model(features, kl_weight=kl_weight, free_bits=floors)
         dims = features[0].numel()
         logs = {"bpd": out.bits_per_dim, "nll_bpd": out.nll_bits_per_dim, "kl_weight": kl_weight}
         logs["elbo_nats"] = -out.bits_per_dim * dims * math.log(2)  # per image
@@ -156,6 +175,7 @@ def train_hvae(
     kl_warmup_steps: int = 500,
     free_bits: float = 0.01,
     kl_weight: float = 1.0,
+    global_free_bits: float | None = None,
     cache_dir: str = "cache",
     save_pipeline: bool = True,
     resume: bool = True,
@@ -174,13 +194,13 @@ def train_hvae(
         raise HVAEError(
             f"stage-2 architecture does not fit {feature_side}x{feature_side} features: {error}"
         ) from None
-    state = PartialState()
+    state = process_state()
     with state.main_process_first():  # one process fills the cache, the others read it
         features = cached_features(stage1, data, image_size, n_scenes, config.seed, cache_dir)
     config.out_dir = str(Path(out_dir) / "run")
     ema = train(
         model,
-        make_loss(kl_warmup_steps, free_bits, kl_weight),
+        make_loss(kl_warmup_steps, free_bits, kl_weight, global_free_bits),
         batch_sampler(features, config.batch_size, config.seed),
         config,
         resume=resume,

@@ -19,11 +19,26 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from hvae.errors import HVAEError
+
+
+def _cpu_only() -> bool:
+    return not torch.cuda.is_available()
+
+
+def process_state() -> PartialState:
+    """This process's place in a (possibly distributed) run.
+
+    Accelerate fixes the distributed type when the first state object is made,
+    and finds several CPU processes (torchrun, accelerate launch) only when told
+    ``cpu=True``; so every caller gets its state here, never from a bare
+    ``PartialState()``.
+    """
+    return PartialState(cpu=_cpu_only())
 
 
 @dataclass
@@ -187,7 +202,7 @@ def train(
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     precision = _resolve_precision(config.mixed_precision)
-    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=precision, cpu=_cpu_only())
     set_seed(config.seed)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -232,7 +247,15 @@ def train(
             _truncate_log(out_dir / "train_log.jsonl", counter.step)
     if main:
         (out_dir / "train_config.json").write_text(
-            json.dumps(asdict(config) | {"precision": precision}, indent=2)
+            json.dumps(
+                asdict(config)
+                | {
+                    "precision": precision,
+                    "num_processes": accelerator.num_processes,
+                    "distributed_type": str(accelerator.distributed_type),
+                },
+                indent=2,
+            )
         )
 
     log_file = (out_dir / "train_log.jsonl").open("a") if main else None
@@ -308,6 +331,9 @@ def _save_checkpoint(accelerator: Accelerator, out_dir: Path, step: int, keep: i
     partial = out_dir / "checkpoints" / f"partial-step-{step}"
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
+        # Made before the barrier: every process writes its RNG state into it, and
+        # save_state creates it on the main process only.
+        partial.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()  # every process has written its RNG state

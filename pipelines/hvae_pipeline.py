@@ -147,7 +147,8 @@ class HVAEPipeline(DiffusionPipeline):
     # ------------------------------------------------------------ the user API
     @torch.no_grad()
     def encode(self, images: Sequence[Image.Image] | Image.Image) -> HVAECodes:
-        """Images (one size per call) -> codes: every latent group's posterior mean."""
+        """Images (one size per call) -> codes: every latent group's posterior mean, plus the
+        feature detail those means do not reproduce (``codes.detail``)."""
         if isinstance(images, Image.Image):
             images = [images]
         stage1 = self.stage1
@@ -156,15 +157,21 @@ class HVAEPipeline(DiffusionPipeline):
         self._check_feature_size(features)
         codes = self.hvae.encode(features)
         codes.image_size = (pixels.shape[-2], pixels.shape[-1])
+        codes.detail = features.float() - self.hvae.decode(codes)
         return codes
 
     @torch.no_grad()
-    def decode(self, codes: HVAECodes) -> list[Image.Image]:
-        return to_pil(self.decode_tensor(codes))
+    def decode(self, codes: HVAECodes, keep_detail: bool = True) -> list[Image.Image]:
+        return to_pil(self.decode_tensor(codes, keep_detail))
 
     @torch.no_grad()
-    def decode_tensor(self, codes: HVAECodes) -> torch.Tensor:
+    def decode_tensor(self, codes: HVAECodes, keep_detail: bool = True) -> torch.Tensor:
+        """Codes -> images in [-1, 1]. With ``keep_detail`` (the default) the detail kept at
+        encoding is added back, so a zero edit returns the stage-1 reconstruction and an edit
+        changes only what its latents change; without it, the latents alone are decoded."""
         features = self.hvae.decode(codes)
+        if keep_detail and codes.detail is not None:
+            features = features + codes.detail.to(features.device, features.dtype)
         return self.stage1.decode(features, codes.image_size)
 
     def edit(self, codes: HVAECodes, edits: dict[str, float]) -> HVAECodes:
@@ -184,21 +191,44 @@ class HVAEPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def sample(
-        self, n: int, temperature: float = 1.0, seed: int = 0, start: int = 0
+        self,
+        n: int,
+        temperature: float = 1.0,
+        seed: int = 0,
+        start: int = 0,
+        indices: Sequence[int] | None = None,
+        size: tuple[int, int] | None = None,
     ) -> list[Image.Image]:
-        """``n`` images from the prior. Image ``i`` depends only on (seed, start + i), not on ``n``."""
-        if n < 1:
-            raise HVAEError(f"n must be positive, got {n}")
+        """``n`` images from the prior: images ``start`` .. ``start + n - 1`` of the run ``seed``,
+        or the images ``indices``. Image ``i`` depends only on (seed, i), never on which others
+        are drawn with it. ``size`` (height, width) defaults to the training size."""
+        if indices is None:
+            if n < 1:
+                raise HVAEError(f"n must be positive, got {n}")
+            indices = range(start, start + n)
         if temperature < 0:
             raise HVAEError(f"temperature must be non-negative, got {temperature}")
         generators = [
-            torch.Generator(self.device).manual_seed(image_seed(seed, start + i)) for i in range(n)
+            torch.Generator(self.device).manual_seed(image_seed(seed, i)) for i in indices
         ]
-        features = self.hvae.sample(n, temperature=temperature, generator=generators)
+        feature_size = None
+        if size is not None:
+            stride = self.stage1.stride
+            if size[0] % stride or size[1] % stride:
+                raise HVAEError(f"sample size {size} must be a multiple of the stride {stride}")
+            feature_size = (size[0] // stride, size[1] // stride)
+        features = self.hvae.sample(
+            len(generators),
+            temperature=temperature,
+            generator=generators,
+            feature_size=feature_size,
+        )
         return to_pil(self.stage1.decode(features))
 
     def __call__(
-        self, images: Sequence[Image.Image] | Image.Image, edits: dict[str, float] | None = None
+        self,
+        images: Sequence[Image.Image] | Image.Image,
+        edits: dict[str, float] | None = None,
     ) -> list[Image.Image]:
         codes = self.encode(images)
         return self.decode(self.edit(codes, edits) if edits else codes)

@@ -5,12 +5,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from hvae.autoencoder import FeatureAutoencoder
 from hvae.demo import held_out_scenes, round_trip_psnr
 from pipelines import HVAEPipeline
 
 BUNDLED = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes"
+# The bundled model's latents alone measure 30.20 dB on 256 held-out scenes
+# (benchmarks/roundtrip.py); the floor leaves room for the 32-scene sample used here.
+LATENTS_ONLY_FLOOR_DB = 29.0
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +28,24 @@ def test_bundled_autoencoder_loads_through_from_pretrained():
 
 
 def test_round_trip_quality_on_held_out_scenes(pipe):
-    stage1_psnr, full_psnr, _, _ = round_trip_psnr(pipe, held_out_scenes(32, 64))
-    assert stage1_psnr.mean() > 33.0
-    # Regression floor: the bundled model measures 0.95 dB below stage 1 on 256 scenes;
-    # the 0.5 dB target is tracked by benchmarks/roundtrip.py, not here.
-    assert full_psnr.mean() > stage1_psnr.mean() - 1.3
+    measured = round_trip_psnr(pipe, held_out_scenes(32, 64))
+    stage1 = measured["stage1"].mean()
+    assert stage1 > 33.0
+    assert measured["round_trip"].mean() > stage1 - 0.5
+    # The latents alone, without the kept detail: a regression floor for the model itself.
+    assert measured["latents_only"].mean() > LATENTS_ONLY_FLOOR_DB
+
+
+def test_kept_detail_survives_an_edit_and_zero_edits_are_free(pipe):
+    scenes = held_out_scenes(4, 64)
+    codes = pipe.encode(scenes)
+    group = pipe.hvae.latent_groups[0]
+    pipe.register_direction("test_push", torch.ones(group.z_channels), group=0)
+    edited = pipe.edit(codes, {"test_push": 0.0})
+    assert torch.equal(pipe.decode_tensor(edited), pipe.decode_tensor(codes))
+    moved = pipe.decode_tensor(pipe.edit(codes, {"test_push": 1.0}))
+    assert not torch.equal(moved, pipe.decode_tensor(codes))
+    assert torch.equal(edited.detail, codes.detail)
 
 
 def _saturated_hue(pixel):

@@ -34,7 +34,7 @@ def scene_folder(tmp_path):
 
 
 def test_encode_then_decode_round_trip(tiny_pipeline_dir, scene_folder, tmp_path, capsys):
-    codes = tmp_path / "codes.safetensors"
+    codes = tmp_path / "codes"
     assert (
         main(
             [
@@ -63,7 +63,7 @@ def test_encode_then_decode_round_trip(tiny_pipeline_dir, scene_folder, tmp_path
         )
         == 0
     )
-    assert sorted(p.name for p in (tmp_path / "decoded").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "decoded").glob("*.png")) == [
         "scene0.png",
         "scene1.png",
         "scene2.png",
@@ -149,19 +149,19 @@ def test_unreadable_and_non_image_inputs_get_clear_errors(
             "encode",
             str(not_image),
             "-o",
-            str(tmp_path / "c.safetensors"),
+            str(tmp_path / "c0"),
             "--model",
             str(tiny_pipeline_dir),
         ],
         capsys,
     )
-    assert code == 2 and "not an image" in err
+    assert code == 1 and "notes.png: not an image" in err
     code, err = _error_of(
         [
             "encode",
             str(tmp_path / "missing.png"),
             "-o",
-            str(tmp_path / "c.safetensors"),
+            str(tmp_path / "c1"),
             "--model",
             str(tiny_pipeline_dir),
         ],
@@ -175,13 +175,14 @@ def test_unreadable_and_non_image_inputs_get_clear_errors(
             "encode",
             str(scene_folder),
             "-o",
-            str(tmp_path / "c.safetensors"),
+            str(tmp_path / "c2"),
             "--model",
             str(tiny_pipeline_dir),
         ],
         capsys,
     )
-    assert code == 1 and "broken.png" in err and (tmp_path / "c.safetensors").exists()
+    assert code == 1 and "broken.png" in err
+    assert len(list((tmp_path / "c2").glob("codes-*.safetensors"))) == 1
 
 
 def test_wrong_model_folders_and_bad_arguments_get_clear_errors(
@@ -232,7 +233,7 @@ def test_wrong_model_folders_and_bad_arguments_get_clear_errors(
         ],
         capsys,
     )
-    assert code == 2 and "codes file" in err
+    assert code == 2 and "not a codes folder" in err
 
 
 def test_generate_resumes_after_a_kill_with_no_duplicates(tiny_pipeline_dir, tmp_path):

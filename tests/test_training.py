@@ -1,5 +1,6 @@
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -151,3 +152,41 @@ def test_no_resume_starts_afresh_and_forgets_the_old_run(tmp_path):
     assert latest_checkpoint(tmp_path).name == "step-2"
     logs = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logs] == [1, 2]
+
+
+def test_two_cpu_processes_train_data_parallel_with_accelerate_launch(tmp_path):
+    """The documented multi-process command, on CPU: 2 ranks, gloo, both RNG states checkpointed, resumable."""
+    import shutil
+    import subprocess
+
+    from .conftest import tiny_autoencoder
+
+    if shutil.which("accelerate") is None:
+        pytest.skip("the accelerate CLI is not on PATH")
+    tiny_autoencoder().save_pretrained(tmp_path / "ae")
+    out = tmp_path / "out"
+
+    def launch(steps: int) -> str:
+        command = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2"]
+        command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        command += ["-m", "hvae.cli", "train", "--autoencoder", str(tmp_path / "ae")]
+        command += ["--data", "shapes", "--out", str(out), "--preset", "tiny", "--scenes", "64"]
+        command += ["--steps", str(steps), "--batch-size", "4", "--checkpoint-every", "3"]
+        command += ["--cache-dir", str(tmp_path / "cache")]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout + done.stderr
+
+    launch(3)
+    config = json.loads((out / "run" / "train_config.json").read_text())
+    assert config["num_processes"] == 2 and config["distributed_type"].endswith("MULTI_CPU")
+    checkpoint = out / "run" / "checkpoints" / "step-3"
+    assert (checkpoint / "random_states_0.pkl").exists()
+    assert (checkpoint / "random_states_1.pkl").exists()
+    output = launch(6)
+    assert "resumed from" in output and "step-3" in output
+    assert (out / "run" / "checkpoints" / "step-6").exists()
+    from pipelines import HVAEPipeline
+
+    assert HVAEPipeline.from_pretrained(out).hvae.config.sample_size == 16
