@@ -239,16 +239,19 @@ class EditJob:
     key = "input"
     description = "editing"
 
-    def __init__(self, inputs: list[str], out_dir: Path, edits: dict[str, float]):
-        self.inputs, self.out_dir, self.edits = (
-            list_inputs(inputs),
-            Path(out_dir),
-            dict(edits),
-        )
+    def __init__(
+        self,
+        inputs: list[str],
+        out_dir: Path,
+        edits: dict[str, float],
+        keep: list[str] | None = None,
+    ):
+        self.inputs, self.out_dir = list_inputs(inputs), Path(out_dir)
+        self.edits, self.keep = dict(edits), sorted(keep or [])
         self.total = len(self.inputs)
 
     def settings(self, fingerprint: str) -> dict:
-        return {"edits": self.edits, "model": fingerprint}
+        return {"edits": self.edits, "keep": self.keep, "model": fingerprint}
 
     def plan(self, manifest: Manifest) -> list[dict]:
         return [
@@ -262,7 +265,7 @@ class EditJob:
         for group in by_size.values():
             edited = in_micro_batches(
                 [image for _, image in group],
-                lambda chunk: pipe(chunk, edits=self.edits),
+                lambda chunk: pipe(chunk, edits=self.edits, keep=self.keep),
             )
             for (item, _), image in zip(group, edited, strict=True):
                 results.append({"item": item["item"], "data": png_bytes(image), "error": None})

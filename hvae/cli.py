@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -213,12 +214,12 @@ def cmd_edit(args) -> int:
         raise HVAEError(
             f"give at least one --set NAME=STRENGTH; directions: {', '.join(pipe.directions) or 'none'}"
         )
-    unknown = sorted(set(edits) - set(pipe.directions))
+    unknown = sorted((set(edits) | set(args.keep or [])) - set(pipe.directions))
     if unknown:  # fail before any work
         raise HVAEError(
             f"unknown direction(s) {', '.join(unknown)}; known: {', '.join(pipe.directions) or 'none'}"
         )
-    return run_batch(EditJob(args.inputs, Path(args.out), edits), pipe, args)
+    return run_batch(EditJob(args.inputs, Path(args.out), edits, args.keep), pipe, args)
 
 
 def cmd_generate(args) -> int:
@@ -227,6 +228,94 @@ def cmd_generate(args) -> int:
     pipe = load_pipeline(args.model)
     job = GenerateJob(args.n, Path(args.out), args.seed, args.temperature)
     return run_batch(job, pipe, args)
+
+
+def cmd_directions_list(args) -> int:
+    pipe = load_pipeline(args.model)
+    rows = pipe.direction_metadata()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(f"{args.model}: no directions; fit some with 'hvae directions fit'")
+    else:
+        for name, meta in sorted(rows.items()):
+            print(f"{name:24s} group {meta['group']}  {meta['source']:10s} 1 = one {meta['units']}")
+    return 0
+
+
+def cmd_directions_fit(args) -> int:
+    from hvae import directions
+    from hvae.batch import list_inputs
+    from hvae.data.images import load_image
+
+    pipe = load_pipeline(args.model)
+    sources = [
+        args.labels is not None,
+        args.folders,
+        args.auto,
+        args.pca is not None,
+        args.scenes is not None,
+    ]
+    if sum(sources) != 1:
+        raise HVAEError(
+            "choose exactly one of --labels CSV, --folders, --auto, --pca K, --scenes N"
+        )
+    if args.scenes is not None:
+        from hvae.demo import pipeline_image_size
+
+        images, labels = directions.scene_labels(args.scenes, args.seed, pipeline_image_size(pipe))
+        source = "scenes"
+    else:
+        if not args.inputs:
+            raise HVAEError("give the image files or folders to fit on")
+        inputs = list_inputs(args.inputs)
+        paths = {Path(i.path).name if args.labels else i.name: Path(i.path) for i in inputs}
+        if args.labels is not None:
+            names, table = directions.read_label_table(args.labels)
+            wanted = args.columns or list(table)
+            unknown = sorted(set(wanted) - set(table))
+            if unknown:
+                raise HVAEError(
+                    f"{args.labels}: no column(s) {', '.join(unknown)}; columns: {', '.join(table)}"
+                )
+            ordered, labels = directions.labels_for(
+                paths, names, {c: table[c] for c in wanted}, args.labels
+            )
+            images, source = [load_image(p) for p in ordered], "labels"
+        else:
+            images = [load_image(p) for p in paths.values()]
+            if args.folders:
+                if len(args.inputs) != 1 or not Path(args.inputs[0]).is_dir():
+                    raise HVAEError("--folders takes one folder whose sub-folders are the classes")
+                labels = directions.folder_labels(
+                    list(paths.values()), Path(args.inputs[0]).resolve()
+                )
+                source = "folders"
+            elif args.auto:
+                labels, source = directions.auto_labels(images), "auto"
+    if args.pca is not None:
+        fits = directions.fit_pca(pipe, images, args.pca)
+        print(
+            "\n".join(
+                f"{name}: {share:.1%} of the global group's variance"
+                for name, share in fits.items()
+            )
+        )
+    else:
+        fits = directions.fit_directions(pipe, images, labels, source)
+        print(
+            "\n".join(
+                f"{name}: R² {r2:.3f} (linear fit of the attribute on the global latents)"
+                for name, r2 in fits.items()
+            )
+        )
+    out = Path(args.out or args.model)
+    if args.out:
+        pipe.save_pretrained(out)
+    else:
+        pipe.save_directions(out / "directions")
+    print(f"saved {len(pipe.directions)} directions to {out / 'directions'}")
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -389,7 +478,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--set",
         action="append",
         metavar="NAME=STRENGTH",
-        help="a direction and its strength; repeatable",
+        help="a direction and its strength (1 = one standard deviation of the attribute); repeatable",
+    )
+    p.add_argument(
+        "--keep",
+        action="append",
+        metavar="NAME",
+        help="a direction whose attribute must not move: the edits are projected orthogonally to it; repeatable",
     )
     p.add_argument("-o", "--out", required=True, help="output folder")
     _add_batch_args(p)
@@ -414,6 +509,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_batch_args(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "directions",
+        help="list or fit the named edit directions of a pipeline",
+        description="Attribute directions live in the pipeline folder (directions/) and load with it.",
+    )
+    directions_sub = p.add_subparsers(dest="directions_command", required=True, metavar="ACTION")
+    q = directions_sub.add_parser(
+        "list",
+        help="the directions a pipeline can edit",
+        description="List a pipeline's directions.",
+    )
+    q.add_argument("--model", default=default_model(), help=model_help)
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(func=cmd_directions_list)
+    q = directions_sub.add_parser(
+        "fit",
+        help="fit directions from labels, folder names, image statistics, PCA or the scenes' factors",
+        description="Fit directions in the global latent group. Strength 1 moves the attribute by about one "
+        "standard deviation over the fitting images. Sources: --labels CSV (a header row, first column the file "
+        "name; CelebA's list_attr_celeba.txt works as is), --folders (one binary attribute per sub-folder), "
+        "--auto (brightness, saturation, warmth, contrast, sharpness computed from the pixels), --pca K "
+        "(unsupervised), or --scenes N (rendered scenes with their true factors). The directions are added to the "
+        "model folder, or to a copy of it with -o.",
+    )
+    q.add_argument("inputs", nargs="*", help="image files or folders to fit on")
+    q.add_argument("--model", default=default_model(), help=model_help)
+    q.add_argument("--labels", metavar="CSV", help="label table matched to the images by file name")
+    q.add_argument("--columns", nargs="+", help="with --labels: only these columns (default: all)")
+    q.add_argument("--folders", action="store_true", help="one binary attribute per sub-folder")
+    q.add_argument("--auto", action="store_true", help="labels from image statistics")
+    q.add_argument("--pca", type=_positive_int, metavar="K", help="K unsupervised directions")
+    q.add_argument(
+        "--scenes", type=_positive_int, metavar="N", help="N rendered scenes with true factors"
+    )
+    q.add_argument("--seed", type=int, default=2, help="seed of the --scenes (default: 2)")
+    q.add_argument("-o", "--out", help="write a new pipeline folder instead of updating --model")
+    q.set_defaults(func=cmd_directions_fit)
 
     p = sub.add_parser(
         "demo",

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from hvae.autoencoder import FeatureAutoencoder
 from hvae.data.images import to_pil
+from hvae.directions import project_out
 from hvae.errors import HVAEError
 from hvae.fingerprint import fingerprint
 from hvae.model import HierarchicalVAE, HVAECodes
@@ -81,11 +82,14 @@ class HVAEPipeline(DiffusionPipeline):
             {name: d.vector.contiguous().cpu() for name, d in self._directions.items()},
             str(folder / "directions.safetensors"),
         )
-        meta = {
+        (folder / "directions.json").write_text(json.dumps(self.direction_metadata(), indent=2))
+
+    def direction_metadata(self) -> dict[str, dict]:
+        """name -> {group, source, units} for every direction (what directions.json stores)."""
+        return {
             name: {"group": d.group, "source": d.source, "units": d.units}
-            for name, d in self._directions.items()
+            for name, d in sorted(self._directions.items())
         }
-        (folder / "directions.json").write_text(json.dumps(meta, indent=2))
 
     def load_directions(self, folder: Path) -> None:
         if not (folder / "directions.json").is_file():
@@ -174,20 +178,51 @@ class HVAEPipeline(DiffusionPipeline):
             features = features + codes.detail.to(features.device, features.dtype)
         return self.stage1.decode(features, codes.image_size)
 
-    def edit(self, codes: HVAECodes, edits: dict[str, float]) -> HVAECodes:
-        """New codes with each named direction added at its strength; ``codes`` is left unchanged."""
-        unknown = sorted(set(edits) - set(self._directions))
+    def edit(
+        self,
+        codes: HVAECodes,
+        edits: dict[str, float],
+        keep: Sequence[str] | None = None,
+    ) -> HVAECodes:
+        """New codes with each named direction added at its strength; ``codes`` is left unchanged.
+
+        ``keep`` names directions whose attributes must not move: each edit's vector is
+        projected orthogonally to theirs (in the same group) before it is added. The
+        detail kept at encoding is carried over, so it survives the edit.
+        """
+        unknown = sorted((set(edits) | set(keep or ())) - set(self._directions))
         if unknown:
             known = ", ".join(self.directions) or "none registered"
             raise HVAEError(f"unknown direction(s) {', '.join(unknown)}; known: {known}")
         edited = codes.clone()
         for name, strength in edits.items():
             direction = self._directions[name]
+            held = [
+                self._directions[k].vector
+                for k in keep or ()
+                if k != name and self._directions[k].group == direction.group
+            ]
+            vector = project_out(direction.vector, held)
             z = edited.latents[direction.group]
-            edited.latents[direction.group] = z + float(strength) * direction.vector.to(
-                z.device, z.dtype
-            )
+            edited.latents[direction.group] = z + float(strength) * vector.to(z.device, z.dtype)
         return edited
+
+    @staticmethod
+    def interpolate(start: HVAECodes, end: HVAECodes, t: float) -> HVAECodes:
+        """Codes a fraction ``t`` of the way from ``start`` to ``end`` (same sizes): every group's
+        latents and the kept detail alike."""
+        if start.feature_size != end.feature_size or len(start) != len(end):
+            raise HVAEError(
+                f"interpolation needs codes of one size and count, got {start.feature_size} x {len(start)} "
+                f"and {end.feature_size} x {len(end)}"
+            )
+        mixed = start.clone()
+        mixed.latents = [
+            torch.lerp(a, b, t) for a, b in zip(start.latents, end.latents, strict=True)
+        ]
+        if start.detail is not None and end.detail is not None:
+            mixed.detail = torch.lerp(start.detail, end.detail, t)
+        return mixed
 
     @torch.no_grad()
     def sample(
@@ -229,9 +264,10 @@ class HVAEPipeline(DiffusionPipeline):
         self,
         images: Sequence[Image.Image] | Image.Image,
         edits: dict[str, float] | None = None,
+        keep: Sequence[str] | None = None,
     ) -> list[Image.Image]:
         codes = self.encode(images)
-        return self.decode(self.edit(codes, edits) if edits else codes)
+        return self.decode(self.edit(codes, edits, keep) if edits else codes)
 
     def _check_feature_size(self, features: torch.Tensor) -> None:
         try:

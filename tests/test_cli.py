@@ -5,7 +5,16 @@ import pytest
 from hvae.cli import build_parser, main
 from hvae.data.shapes import ShapesDataset
 
-SUBCOMMANDS = ["train", "train-autoencoder", "encode", "decode", "edit", "generate", "demo"]
+SUBCOMMANDS = [
+    "train",
+    "train-autoencoder",
+    "encode",
+    "decode",
+    "edit",
+    "generate",
+    "directions",
+    "demo",
+]
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)

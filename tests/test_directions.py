@@ -1,0 +1,155 @@
+"""Attribute directions: label sources and their errors, fitting semantics, conditional edits, storage."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hvae import directions
+from hvae.cli import main
+from hvae.data.shapes import ShapesDataset
+from hvae.errors import HVAEError
+from pipelines import HVAEPipeline
+
+
+@pytest.fixture
+def labelled_folder(tmp_path):
+    """12 scenes and a CSV of their true factors."""
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    rows = ["file,floor_hue,scale,constant"]
+    for i, (image, factors) in enumerate(ShapesDataset(12, seed=21, size=64)):
+        image.save(folder / f"s{i}.png")
+        rows.append(f"s{i}.png,{factors.floor_hue},{factors.scale},1")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def test_strength_one_moves_the_fitted_prediction_by_one_sd():
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(200, 6, generator=generator)
+    truth = torch.tensor([1.0, -2.0, 0.5, 0.0, 0.0, 3.0])
+    values = (latents @ truth + 0.1 * torch.randn(200, generator=generator)).numpy()
+    direction, r2 = directions.fit_label_direction(latents, values)
+    assert r2 > 0.99
+    # The regression's prediction along the direction rises by sd(values) per unit strength.
+    w = torch.linalg.lstsq(
+        latents - latents.mean(0), torch.as_tensor(values) - values.mean()
+    ).solution
+    moved = float(direction @ w)
+    assert moved == pytest.approx(float(np.std(values, ddof=1)), rel=0.01)
+
+
+def test_label_tables_in_csv_and_celeba_format(tmp_path):
+    (tmp_path / "a.csv").write_text("name,Smiling,age\nx.jpg,1,30\ny.jpg,-1,40\n")
+    names, table = directions.read_label_table(tmp_path / "a.csv")
+    assert names == ["x.jpg", "y.jpg"] and table == {"Smiling": [1.0, -1.0], "age": [30.0, 40.0]}
+    (tmp_path / "list_attr_celeba.txt").write_text(
+        "2\n5_o_Clock_Shadow Smiling\n000001.jpg -1  1\n000002.jpg  1 -1\n"
+    )
+    names, table = directions.read_label_table(tmp_path / "list_attr_celeba.txt")
+    assert names == ["000001.jpg", "000002.jpg"]
+    assert table == {"5_o_Clock_Shadow": [-1.0, 1.0], "Smiling": [1.0, -1.0]}
+
+
+def test_labels_that_do_not_match_the_images_get_clear_errors(tmp_path):
+    (tmp_path / "short.csv").write_text("file,a\nx.png,1,2\n")
+    with pytest.raises(HVAEError, match="row 1 has 3 fields"):
+        directions.read_label_table(tmp_path / "short.csv")
+    (tmp_path / "text.csv").write_text("file,a\nx.png,tall\n")
+    with pytest.raises(HVAEError, match="not a number"):
+        directions.read_label_table(tmp_path / "text.csv")
+    with pytest.raises(HVAEError, match="no such label file"):
+        directions.read_label_table(tmp_path / "missing.csv")
+    images = {"x.png": tmp_path / "x.png", "y.png": tmp_path / "y.png"}
+    with pytest.raises(HVAEError, match="no labels for 1 image"):
+        directions.labels_for(images, ["x.png"], {"a": [1.0]}, "t.csv")
+    with pytest.raises(HVAEError, match="constant"):
+        directions.check_labels({"a": np.ones(5)})
+
+
+def test_cli_fits_from_a_csv_and_refuses_bad_columns(
+    tiny_pipeline_dir, labelled_folder, tmp_path, capsys
+):
+    labels = tmp_path / "labels.csv"
+    base = ["directions", "fit", str(labelled_folder), "--model", str(tiny_pipeline_dir)]
+    assert main([*base, "--labels", str(labels), "--columns", "nosuch"]) == 2
+    assert "no column(s) nosuch" in capsys.readouterr().err
+    assert main([*base, "--labels", str(labels)]) == 2  # the constant column
+    assert "'constant' is constant" in capsys.readouterr().err
+    out = tmp_path / "with_directions"
+    args = [*base, "--labels", str(labels), "--columns", "floor_hue", "scale", "-o", str(out)]
+    assert main(args) == 0
+    pipe = HVAEPipeline.from_pretrained(out)
+    assert {"floor_hue", "scale"} <= set(pipe.directions)
+    meta = pipe.direction_metadata()["scale"]
+    assert meta == {"group": 0, "source": "labels", "units": "sd"}
+    capsys.readouterr()
+    assert main(["directions", "list", "--model", str(out), "--json"]) == 0
+    assert '"floor_hue"' in capsys.readouterr().out
+
+
+def test_auto_pca_and_folder_sources(tiny_pipeline, tmp_path):
+    images = [image for image, _ in ShapesDataset(16, seed=4, size=64)]
+    fits = directions.fit_directions(tiny_pipeline, images, directions.auto_labels(images), "auto")
+    assert set(fits) == set(directions.AUTO_STATISTICS)
+    shares = directions.fit_pca(tiny_pipeline, images, 3)
+    assert list(shares) == ["pc1", "pc2", "pc3"] and shares["pc1"] >= shares["pc2"] >= shares["pc3"]
+    vectors = [tiny_pipeline._directions[f"pc{i}"].vector.flatten() for i in (1, 2, 3)]
+    assert abs(float(vectors[0] @ vectors[1])) < 1e-4  # principal axes are orthogonal
+
+    root = tmp_path / "classes"
+    for name in ("day", "night"):
+        (root / name).mkdir(parents=True)
+    paths = []
+    for i, image in enumerate(images[:6]):
+        path = root / ("day" if i < 3 else "night") / f"{i}.png"
+        image.save(path)
+        paths.append(path)
+    labels = directions.folder_labels(paths, root)
+    assert labels["day"].tolist() == [1, 1, 1, 0, 0, 0] and labels["night"].sum() == 3
+
+
+def test_auto_statistics_follow_the_pixels():
+    dark, bright = (
+        Image.new("RGB", (32, 32), (40, 40, 40)),
+        Image.new("RGB", (32, 32), (200, 200, 200)),
+    )
+    warm, cool = (
+        Image.new("RGB", (32, 32), (200, 100, 50)),
+        Image.new("RGB", (32, 32), (50, 100, 200)),
+    )
+    assert (
+        directions.image_statistics(bright)["brightness"]
+        > directions.image_statistics(dark)["brightness"]
+    )
+    assert directions.image_statistics(warm)["warmth"] > directions.image_statistics(cool)["warmth"]
+    assert (
+        directions.image_statistics(warm)["saturation"]
+        > directions.image_statistics(bright)["saturation"]
+    )
+
+
+def test_keep_projects_out_other_directions_and_interpolation_ends_at_both_codes(tiny_pipeline):
+    channels = tiny_pipeline.hvae.latent_groups[0].z_channels
+    a, b = torch.zeros(channels), torch.zeros(channels)
+    a[0], a[1], b[1] = 1.0, 1.0, 1.0
+    tiny_pipeline.register_direction("a", a)
+    tiny_pipeline.register_direction("b", b)
+    scenes = [image for image, _ in ShapesDataset(2, seed=8, size=64)]
+    codes = tiny_pipeline.encode(scenes)
+    free = tiny_pipeline.edit(codes, {"a": 1.0})
+    held = tiny_pipeline.edit(codes, {"a": 1.0}, keep=["b"])
+    change = (held.latents[0] - codes.latents[0])[:, :, 0, 0]
+    assert torch.allclose(change @ b, torch.zeros(2), atol=1e-6)  # nothing along b
+    assert not torch.allclose(free.latents[0], held.latents[0])
+    with pytest.raises(HVAEError, match="unknown direction"):
+        tiny_pipeline.edit(codes, {"a": 1.0}, keep=["nope"])
+
+    first, second = tiny_pipeline.encode(scenes[:1]), tiny_pipeline.encode(scenes[1:])
+    for t, expected in ((0.0, first), (1.0, second)):
+        mixed = HVAEPipeline.interpolate(first, second, t)
+        assert all(
+            torch.allclose(x, y) for x, y in zip(mixed.latents, expected.latents, strict=True)
+        )
+        assert torch.allclose(mixed.detail, expected.detail)
