@@ -76,22 +76,26 @@ def run_demo(
     samples_path = out_dir / "samples_t0.8.png"
     image_grid([samples[:8], samples[8:]]).save(samples_path)
 
-    # The edit strip uses a direction registered on the spot: from the first
-    # scene's global latent towards the second's, through the same edit() path
-    # that named directions use.
+    # The edit strip moves the first scene along the pipeline's first fitted direction
+    # (wall_hue for the bundled scenes); a pipeline without directions gets one on the
+    # spot, from the first scene's global latent towards the second's.
     codes = pipe.encode(scenes[:2])
-    direction_name = "demo_towards_second_scene"
-    if direction_name not in pipe.directions:
+    if pipe.directions:
+        direction_name = "wall_hue" if "wall_hue" in pipe.directions else pipe.directions[0]
+        strip_strengths, strip_end = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0), []
+    else:
+        direction_name = "demo_towards_second_scene"
         pipe.register_direction(
             direction_name,
             (codes.latents[0][1] - codes.latents[0][0])[:, 0, 0].cpu(),
             group=0,
             source="demo",
         )
+        strip_end = [scenes[1]]
     first = pipe.encode(scenes[:1])
     strip = [pipe.decode(pipe.edit(first, {direction_name: s}))[0] for s in strip_strengths]
     strip_path = out_dir / "edit_strip.png"
-    image_grid([[scenes[0], *strip, scenes[1]]]).save(strip_path)
+    image_grid([[scenes[0], *strip, *strip_end]]).save(strip_path)
 
     results = {
         "stage1_psnr_db": float(measured["stage1"].mean()),
@@ -109,7 +113,8 @@ def run_demo(
     )
     print(f"samples at temperature 0.8: {samples_path}")
     print(
-        f"edit strip (first scene, strengths {list(strip_strengths)} towards the second, second scene): {strip_path}"
+        f"edit strip (input, then {direction_name} at strengths {list(strip_strengths)}"
+        f"{', then the target scene' if strip_end else ''}): {strip_path}"
     )
     print(f"done in {results['seconds']} s")
     return results

@@ -235,6 +235,7 @@ class HVAECodes:
     # Set by pipelines: features minus the decode of these latents, i.e. the detail the
     # latents leave out. Edits move the latents and keep it, so detail survives an edit.
     detail: torch.Tensor | None = None
+    edited_groups: frozenset[int] = frozenset()  # set by edits: the groups whose latents moved
 
     def __len__(self) -> int:
         return self.latents[0].shape[0]
@@ -247,7 +248,17 @@ class HVAECodes:
             priors=list(self.priors),
             image_size=self.image_size,
             detail=self.detail,
+            edited_groups=self.edited_groups,
         )
+
+    def residuals(self) -> list[torch.Tensor]:
+        """Each group's latent relative to its prior at encoding, in prior stds: what an edit
+        of a higher group keeps, so that lower groups follow the new context."""
+        if len(self.priors) != len(self.latents):
+            raise ValueError("these codes carry no priors (they were not made by encode)")
+        return [
+            (z - m) * torch.exp(-s) for z, (m, s) in zip(self.latents, self.priors, strict=True)
+        ]
 
 
 class HierarchicalVAE(ModelMixin, ConfigMixin):
@@ -497,10 +508,16 @@ class HierarchicalVAE(ModelMixin, ConfigMixin):
         temperature: float = 1.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         feature_size: tuple[int, int] | None = None,
+        residuals: Sequence[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Latents -> feature map (the likelihood mean). Groups given as None are drawn from their prior."""
+        """Latents -> feature map (the likelihood mean). Groups given as None are drawn from their prior,
+        or, with ``residuals`` (one per None group, in order), set to prior mean + prior std * residual."""
         if isinstance(latents, HVAECodes):
             feature_size, latents = latents.feature_size, latents.latents
+        noise = self._noise_fn(generator)
+        if residuals is not None:
+            remaining = iter(residuals)
+            noise = lambda shape: next(remaining).to(self.head.weight.dtype)  # noqa: E731
         known = [z for z in latents if z is not None]
         if not known:
             raise ValueError(
@@ -512,8 +529,8 @@ class HierarchicalVAE(ModelMixin, ConfigMixin):
             batch,
             feature_size,
             latents=list(latents),
-            noise=self._noise_fn(generator),
-            temperature=temperature,
+            noise=noise,
+            temperature=1.0 if residuals is not None else temperature,
         )
         return self._likelihood(x)[0].float()
 

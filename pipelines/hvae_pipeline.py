@@ -173,7 +173,7 @@ class HVAEPipeline(DiffusionPipeline):
         """Codes -> images in [-1, 1]. With ``keep_detail`` (the default) the detail kept at
         encoding is added back, so a zero edit returns the stage-1 reconstruction and an edit
         changes only what its latents change; without it, the latents alone are decoded."""
-        features = self.hvae.decode(codes)
+        features = self._features(codes)
         if keep_detail and codes.detail is not None:
             features = features + codes.detail.to(features.device, features.dtype)
         return self.stage1.decode(features, codes.image_size)
@@ -205,7 +205,20 @@ class HVAEPipeline(DiffusionPipeline):
             vector = project_out(direction.vector, held)
             z = edited.latents[direction.group]
             edited.latents[direction.group] = z + float(strength) * vector.to(z.device, z.dtype)
+            edited.edited_groups = edited.edited_groups | {direction.group}
         return edited
+
+    def _features(self, codes: HVAECodes) -> torch.Tensor:
+        """Stage-2 decode. Below the highest edited group, latents are rebuilt from their
+        residuals under the new priors (lower groups keep their residuals, not their values),
+        so the detail they carry follows the edit instead of pinning the old content."""
+        if not codes.edited_groups or not codes.priors:
+            return self.hvae.decode(codes)
+        top = min(codes.edited_groups)
+        given = list(codes.latents[: top + 1]) + [None] * (len(codes.latents) - top - 1)
+        return self.hvae.decode(
+            given, feature_size=codes.feature_size, residuals=codes.residuals()[top + 1 :]
+        )
 
     @staticmethod
     def interpolate(start: HVAECodes, end: HVAECodes, t: float) -> HVAECodes:
