@@ -318,6 +318,16 @@ def cmd_directions_fit(args) -> int:
     return 0
 
 
+def cmd_ui(args) -> int:
+    try:
+        from ui.app import build_app
+    except ImportError as error:
+        raise HVAEError(f"the editor needs Gradio: pip install -e '.[ui]' ({error})") from None
+    models = {Path(m).name: m for m in args.model} if args.model else None
+    build_app(models).launch(server_name=args.host, server_port=args.port)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from hvae.demo import run_demo
 
@@ -547,6 +557,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=2, help="seed of the --scenes (default: 2)")
     q.add_argument("-o", "--out", help="write a new pipeline folder instead of updating --model")
     q.set_defaults(func=cmd_directions_fit)
+
+    p = sub.add_parser(
+        "ui",
+        help="serve the Gradio editor (edit with sliders, generate)",
+        description="Serve ui/app.py: an Edit tab (upload an image, one slider per direction; the image is "
+        "encoded once and each slider release only decodes) and a Generate tab (seed, temperature, count, "
+        "gallery, zip download). Needs pip install -e '.[ui]'. Works offline on the bundled pipelines.",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        help="pipeline folder to serve; repeatable (default: every bundled pipeline)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser(
         "demo",

@@ -13,6 +13,7 @@ SUBCOMMANDS = [
     "edit",
     "generate",
     "directions",
+    "ui",
     "demo",
 ]
 

@@ -1,0 +1,1 @@
+"""The Gradio editor (``hvae ui``)."""
