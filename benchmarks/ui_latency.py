@@ -1,0 +1,134 @@
+"""Slider-to-image latency of the Gradio editor at 256², on this machine's CPU.
+
+Launches ``ui/app.py`` on the bundled scenes pipeline, uploads a 256×256 scene
+through ``gradio_client`` and then measures:
+
+1. the edit handler alone (decode of cached codes + PNG), called in-process;
+2. one client's slider releases end to end (HTTP, queue, decode, PNG, download);
+3. 8 concurrent clients × 20 edits each: errors and latency percentiles.
+
+    python benchmarks/ui_latency.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from gradio_client import Client, handle_file
+
+from hvae.data.shapes import ShapesDataset
+from ui.app import MAX_SLIDERS, apply_edits, build_app, bundled_models, encode_upload, pipeline
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def summary(name: str, seconds: list[float], errors: int = 0) -> str:
+    ms = [s * 1000 for s in seconds]
+    return f"| {name} | {len(ms)} | {errors} | {statistics.median(ms):.0f} | {percentile(ms, 95):.0f} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--edits", type=int, default=40, help="edits for the single-client runs")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--per-client", type=int, default=20)
+    args = parser.parse_args()
+
+    models = bundled_models()
+    model = "scenes"
+    pipe = pipeline(models[model])
+    n_directions = min(len(pipe.directions), MAX_SLIDERS)
+    scene = Path(tempfile.mkdtemp()) / "scene.png"
+    ShapesDataset(1, seed=5, size=args.size)[0][0].save(scene)
+
+    def strengths(i: int) -> list[float]:
+        values = [0.0] * MAX_SLIDERS
+        values[i % max(1, n_directions)] = round(((i % 7) - 3) * 0.5, 1)
+        return values
+
+    codes, _, _ = encode_upload(models, model, str(scene))
+    handler = []
+    for i in range(args.edits):
+        started = time.perf_counter()
+        apply_edits(models, model, codes, *strengths(i))
+        handler.append(time.perf_counter() - started)
+
+    app = build_app(models)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        client = Client(url, verbose=False)
+        client.predict(model, handle_file(str(scene)), api_name="/encode")
+        single = []
+        for i in range(args.edits):
+            started = time.perf_counter()
+            client.predict(model, *strengths(i), api_name="/edit")
+            single.append(time.perf_counter() - started)
+
+        latencies: list[float] = []
+        errors = [0]
+        lock = threading.Lock()
+
+        def user(index: int) -> None:
+            try:
+                own = Client(url, verbose=False)
+                own.predict(model, handle_file(str(scene)), api_name="/encode")
+            except Exception:  # noqa: BLE001 - every failure counts as an error
+                with lock:
+                    errors[0] += args.per_client
+                return
+            for i in range(args.per_client):
+                started = time.perf_counter()
+                try:
+                    own.predict(model, *strengths(index + i), api_name="/edit")
+                except Exception:  # noqa: BLE001
+                    with lock:
+                        errors[0] += 1
+                    continue
+                with lock:
+                    latencies.append(time.perf_counter() - started)
+
+        threads = [threading.Thread(target=user, args=(k,)) for k in range(args.clients)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall = time.perf_counter() - started
+    finally:
+        app.close()
+
+    print(
+        f"\nslider-to-image latency at {args.size}², bundled scenes pipeline, {n_directions} sliders"
+    )
+    print("| measurement | edits | errors | p50 (ms) | p95 (ms) |")
+    print("|---|---|---|---|---|")
+    print(summary("edit handler in-process (decode + PIL)", handler))
+    print(summary("1 client through gradio_client (end to end)", single))
+    print(
+        summary(
+            f"{args.clients} concurrent clients × {args.per_client} edits", latencies, errors[0]
+        )
+    )
+    print(
+        f"\nconcurrent run: {len(latencies)} edits in {wall:.1f} s ({len(latencies) / wall:.1f} edits/s)"
+    )
+
+
+if __name__ == "__main__":
+    main()
