@@ -108,15 +108,24 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
             with gr.Row():
                 # A file input, not gr.Image: Gradio would decode an image before any check of
                 # ours ran; this way the pixel limit applies first and errors read plainly.
-                upload = gr.File(label="input image", file_types=["image"], type="filepath")
+                upload = gr.File(
+                    label="input image", file_types=["image"], type="filepath", elem_id="upload"
+                )
                 before = gr.Image(type="pil", label="before (as uploaded)", interactive=False)
-                after = gr.Image(type="pil", label="after", interactive=False, format="png")
+                after = gr.Image(
+                    type="pil", label="after", interactive=False, format="png", elem_id="after"
+                )
             sliders = [
-                gr.Slider(-3, 3, value=0.0, step=0.1, label=name, visible=True)
-                for name in directions
-            ] + [
-                gr.Slider(-3, 3, value=0.0, step=0.1, visible=False)
-                for _ in range(MAX_SLIDERS - len(directions))
+                gr.Slider(
+                    -3,
+                    3,
+                    value=0.0,
+                    step=0.1,
+                    label=directions[i] if i < len(directions) else None,
+                    visible=i < len(directions),
+                    elem_id=f"slider-{i}",
+                )
+                for i in range(MAX_SLIDERS)
             ]
             reset = gr.Button("reset")
         with gr.Tab("Generate"):
