@@ -54,12 +54,7 @@ def round_trip_psnr(pipe, images: list[Image.Image]) -> dict[str, torch.Tensor]:
     }
 
 
-def run_demo(
-    pipe,
-    out_dir: Path,
-    n: int = 8,
-    strip_strengths=(-0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25),
-) -> dict:
+def run_demo(pipe, out_dir: Path, n: int = 8) -> dict:
     started = time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
     size = pipeline_image_size(pipe)
@@ -85,6 +80,7 @@ def run_demo(
         strip_strengths, strip_end = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0), []
     else:
         direction_name = "demo_towards_second_scene"
+        strip_strengths = (-0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25)
         pipe.register_direction(
             direction_name,
             (codes.latents[0][1] - codes.latents[0][0])[:, 0, 0].cpu(),
