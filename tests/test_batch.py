@@ -170,3 +170,15 @@ def test_ray_runs_are_byte_identical_to_local_runs(
         assert run("encode", nested_folder, "-o", where / "codes", *model, *extra) == 0
         assert run("decode", where / "codes", "-o", where / "decoded", *model) == 0
     assert pngs(local / "decoded") == pngs(remote / "decoded")
+
+
+def test_edit_keep_is_recorded_and_unknown_names_fail_before_work(
+    tiny_pipeline_dir, nested_folder, tmp_path, capsys
+):
+    out = tmp_path / "kept"
+    base = ("edit", nested_folder, "--set", "brighter=1", "-o", out, "--model", tiny_pipeline_dir)
+    assert run(*base, "--keep", "brighter") == 0
+    records = read_manifest(out / "manifest.jsonl")
+    assert {tuple(r["keep"]) for r in records} == {("brighter",)}
+    assert run(*base, "--keep", "nosuch") == 2
+    assert "nosuch" in capsys.readouterr().err
