@@ -232,7 +232,7 @@ class HVAECodes:
         default_factory=list
     )  # p(z_i | z_<i): (mean, log std)
     image_size: tuple[int, int] | None = None  # set by pipelines, to crop decoded images back
-    # Set by pipelines: features minus the decode of these latents, i.e. the detail the
+    # Set by encode: features minus the decode of these latents, i.e. the detail the
     # latents leave out. Edits move the latents and keep it, so detail survives an edit.
     detail: torch.Tensor | None = None
     edited_groups: frozenset[int] = frozenset()  # set by edits: the groups whose latents moved
@@ -482,12 +482,18 @@ class HierarchicalVAE(ModelMixin, ConfigMixin):
         sample: bool = False,
         generator: torch.Generator | None = None,
     ) -> HVAECodes:
-        """Posterior of every group; latents are the posterior means unless ``sample``."""
+        """Posterior of every group; latents are the posterior means unless ``sample``.
+
+        ``detail`` is the features minus the decode of these latents. The top-down pass that
+        infers the latents already computes that decode, since it feeds the chosen latents
+        forward exactly as ``decode`` does, so the detail costs no second pass.
+        """
         self.check_features(features)
+        original = features.float()
         features = self.quantize(features.to(self.head.weight.dtype))
         size = (features.shape[-2], features.shape[-1])
         noise = self._noise_fn(generator)
-        _, states = self._top_down(
+        x, states = self._top_down(
             features.shape[0],
             size,
             self._bottom_up(features),
@@ -499,6 +505,7 @@ class HierarchicalVAE(ModelMixin, ConfigMixin):
             feature_size=size,
             posteriors=[(s.posterior_mean, s.posterior_log_scale) for s in states],
             priors=[(s.prior_mean, s.prior_log_scale) for s in states],
+            detail=original - self._likelihood(x)[0].float(),
         )
 
     @torch.no_grad()

@@ -161,7 +161,6 @@ class HVAEPipeline(DiffusionPipeline):
         self._check_feature_size(features)
         codes = self.hvae.encode(features)
         codes.image_size = (pixels.shape[-2], pixels.shape[-1])
-        codes.detail = features.float() - self.hvae.decode(codes)
         return codes
 
     @torch.no_grad()
