@@ -181,7 +181,22 @@ def _load_all(items: list[dict]) -> tuple[dict[tuple[int, int], list], list[dict
 
 
 # ---------------------------------------------------------------- the jobs
-class GenerateJob:
+class BatchJob:
+    """What every job has: a manifest key, a progress label, ``total`` items, and ``record``
+    for successful results (``drive`` records failures, the same way for every job)."""
+
+    key = "input"
+    description = ""
+    total = 0
+
+    def record(self, manifest: Manifest, result: dict) -> None:
+        raise NotImplementedError
+
+    def finish(self, manifest: Manifest) -> None:
+        """Called once after the last result (a job that buffers writes flushes here)."""
+
+
+class GenerateJob(BatchJob):
     """``n`` prior samples; image ``i`` depends only on (seed, i, temperature, model)."""
 
     key = "index"
@@ -229,14 +244,10 @@ class GenerateJob:
         write_atomically(self.out_dir / name, result["data"])
         manifest.append({"index": index, "file": name, "image_seed": image_seed(self.seed, index)})
 
-    def finish(self, manifest: Manifest) -> None:
-        pass
 
-
-class EditJob:
+class EditJob(BatchJob):
     """Every input image with the same edits applied; the output keeps the input's relative path."""
 
-    key = "input"
     description = "editing"
 
     def __init__(
@@ -272,18 +283,12 @@ class EditJob:
         return results
 
     def record(self, manifest: Manifest, result: dict) -> None:
-        if result["error"] is not None:
-            manifest.append({"input": result["item"], "status": "error", "error": result["error"]})
-            return
         name = f"{result['item']}.png"
         write_atomically(self.out_dir / name, result["data"])
         manifest.append({"input": result["item"], "status": "ok", "file": name})
 
-    def finish(self, manifest: Manifest) -> None:
-        pass
 
-
-class EncodeJob:
+class EncodeJob(BatchJob):
     """Latent codes of every input, written as safetensors shards of one image size each.
 
     A shard holds ``group_<i>`` tensors and the ``detail`` the latents leave out
@@ -293,7 +298,6 @@ class EncodeJob:
     a shard orphaned by a crash is never referenced, so it is harmless.
     """
 
-    key = "input"
     description = "encoding"
 
     def __init__(self, inputs: list[str], out_dir: Path, shard_size: int = 256):
@@ -334,9 +338,6 @@ class EncodeJob:
         return results
 
     def record(self, manifest: Manifest, result: dict) -> None:
-        if result["error"] is not None:
-            manifest.append({"input": result["item"], "status": "error", "error": result["error"]})
-            return
         from safetensors.torch import load
 
         tensors, metadata = load(result["data"]), _safetensors_metadata(result["data"])
@@ -371,10 +372,9 @@ class EncodeJob:
             manifest.append({"input": row["item"], "status": "ok", "shard": name, "row": index})
 
 
-class DecodeJob:
+class DecodeJob(BatchJob):
     """Images from the codes folder that ``EncodeJob`` wrote (its manifest is the index)."""
 
-    key = "input"
     description = "decoding"
 
     def __init__(self, codes_dir: Path, out_dir: Path):
@@ -426,9 +426,6 @@ class DecodeJob:
         name = f"{result['item']}.png"
         write_atomically(self.out_dir / name, result["data"])
         manifest.append({"input": result["item"], "status": "ok", "file": name})
-
-    def finish(self, manifest: Manifest) -> None:
-        pass
 
     def _read_shard(self, shard: str) -> tuple[dict, dict]:
         if shard not in self._shards:
@@ -510,9 +507,13 @@ def drive(job, manifest: Manifest, todo: int, results) -> JobSummary:
             total=total, initial=total - todo, desc=job.description, dynamic_ncols=True
         ) as progress:
             for result in results:
-                job.record(manifest, result)
-                if result["error"] is not None:
+                if result["error"] is None:
+                    job.record(manifest, result)
+                else:
                     failures.append((result["item"], result["error"]))
+                    manifest.append(
+                        {job.key: result["item"], "status": "error", "error": result["error"]}
+                    )
                 progress.update(1)
             job.finish(manifest)
     finally:

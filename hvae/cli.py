@@ -66,7 +66,8 @@ def _add_batch_args(parser: argparse.ArgumentParser) -> None:
         "--batch-size",
         type=_positive_int,
         default=16,
-        help="images per forward pass (default: 16; see benchmarks/throughput.py)",
+        help="images per unit of work: one compute call, one Ray task (default: 16). Forward passes "
+        "always run 16 images at a time, so this never changes the output",
     )
     parser.add_argument(
         "--ray-workers",
@@ -214,11 +215,7 @@ def cmd_edit(args) -> int:
         raise HVAEError(
             f"give at least one --set NAME=STRENGTH; directions: {', '.join(pipe.directions) or 'none'}"
         )
-    unknown = sorted((set(edits) | set(args.keep or [])) - set(pipe.directions))
-    if unknown:  # fail before any work
-        raise HVAEError(
-            f"unknown direction(s) {', '.join(unknown)}; known: {', '.join(pipe.directions) or 'none'}"
-        )
+    pipe.check_directions([*edits, *(args.keep or [])])  # fail before any work
     return run_batch(EditJob(args.inputs, Path(args.out), edits, args.keep), pipe, args)
 
 

@@ -177,6 +177,13 @@ class HVAEPipeline(DiffusionPipeline):
             features = features + codes.detail.to(features.device, features.dtype)
         return self.stage1.decode(features, codes.image_size)
 
+    def check_directions(self, names: Sequence[str]) -> None:
+        """Raise ``HVAEError`` naming the unknown ones among ``names`` and the known ones."""
+        unknown = sorted(set(names) - set(self._directions))
+        if unknown:
+            known = ", ".join(self.directions) or "none registered"
+            raise HVAEError(f"unknown direction(s) {', '.join(unknown)}; known: {known}")
+
     def edit(
         self,
         codes: HVAECodes,
@@ -189,10 +196,7 @@ class HVAEPipeline(DiffusionPipeline):
         projected orthogonally to theirs (in the same group) before it is added. The
         detail kept at encoding is carried over, so it survives the edit.
         """
-        unknown = sorted((set(edits) | set(keep or ())) - set(self._directions))
-        if unknown:
-            known = ", ".join(self.directions) or "none registered"
-            raise HVAEError(f"unknown direction(s) {', '.join(unknown)}; known: {known}")
+        self.check_directions([*edits, *(keep or ())])
         edited = codes.clone()
         for name, strength in edits.items():
             direction = self._directions[name]
