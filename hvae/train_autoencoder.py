@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from hvae.data import folder_images, shapes_pixels
+from hvae.data.images import downscaled
 from hvae.errors import HVAEError
 from hvae.metrics import psnr
 from hvae.patch_autoencoder import PatchAutoencoder
@@ -16,13 +17,34 @@ from hvae.training import TrainConfig, process_state, train
 
 
 class CropSampler:
-    """Deterministic random crops: batch ``step`` depends only on (seed, step)."""
+    """Deterministic random crops: batch ``step`` depends only on (seed, step).
 
-    def __init__(self, images: list[np.ndarray], crop: int, batch_size: int, seed: int):
-        self.images, self.crop, self.batch_size, self.seed = images, crop, batch_size, seed
+    With several ``scales`` each image is kept as a small pyramid, and a crop
+    first picks a level: large photos then teach both fine texture (scale 1)
+    and whole-object structure (smaller scales) at the same crop size.
+    Levels whose short side is below the crop are left out.
+    """
+
+    def __init__(
+        self,
+        images: list[np.ndarray],
+        crop: int,
+        batch_size: int,
+        seed: int,
+        scales: tuple[float, ...] = (1.0,),
+    ):
+        self.crop, self.batch_size, self.seed = crop, batch_size, seed
+        if any(not 0 < s <= 1 for s in scales):
+            raise HVAEError(f"crop scales must be in (0, 1], got {scales}")
         small = [i for i, im in enumerate(images) if min(im.shape[:2]) < crop]
         if small:
             raise HVAEError(f"{len(small)} images are smaller than the {crop}px crop; lower --crop")
+        self.images = [
+            level
+            for image in images
+            for level in (downscaled(image, s) for s in sorted(set(scales), reverse=True))
+            if min(level.shape[:2]) >= crop
+        ]
 
     def __call__(self, step: int) -> torch.Tensor:
         rng = np.random.default_rng([self.seed, step])
@@ -88,12 +110,13 @@ def train_autoencoder(
     n_scenes: int = 12000,
     cache_dir: str = "cache",
     resume: bool = True,
+    scales: tuple[float, ...] = (1.0,),
 ) -> PatchAutoencoder:
     """Train, fit the latent scaling, save to ``out_dir`` in diffusers format, and return the EMA model."""
     state = process_state()
     with state.main_process_first():  # one process renders the scenes cache, the others read it
         images = load_training_images(data, n_scenes, crop, config.seed, cache_dir)
-    sampler = CropSampler(images, crop, config.batch_size, config.seed)
+    sampler = CropSampler(images, crop, config.batch_size, config.seed, scales)
     torch.manual_seed(config.seed)
     model = PatchAutoencoder(
         latent_channels=latent_channels,

@@ -37,6 +37,15 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise HVAEError(f"{path}: unreadable image ({error})") from None
 
 
+def downscaled(image: np.ndarray, scale: float) -> np.ndarray:
+    """An (H, W, 3) uint8 array resized by ``scale`` (<= 1) with Lanczos filtering."""
+    if scale == 1.0:
+        return image
+    height, width = image.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+
+
 def find_images(inputs: Iterable[str | Path]) -> list[Path]:
     """Expand files and folders (recursively) into a sorted list of image paths.
 
