@@ -37,6 +37,9 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 NoiseFn = Callable[[tuple[int, ...]], torch.Tensor]
+# Chooses a group's latent from (prior mean, prior log std, posterior mean or None).
+# Entropy coding uses it to quantize latents, and to decode them group by group.
+PickFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 _TOKEN = re.compile(r"^(\d+)([xdmr])(\d+)$")
 
 
@@ -179,6 +182,7 @@ class LatentGroup(nn.Module):
         noise: NoiseFn,
         temperature: float,
         use_mean: bool,
+        pick: PickFn | None = None,
     ) -> tuple[torch.Tensor, GroupState]:
         prior_out = self.prior(x)
         prior_mean, prior_log_scale, state_update = prior_out.split(
@@ -196,10 +200,12 @@ class LatentGroup(nn.Module):
                 0.5 * (delta_mean**2 * torch.exp(-2 * prior_log_scale) + ratio - 1.0)
                 - delta_log_scale
             )
-            if z is None:
+            if z is None and pick is None:
                 z = state.posterior_mean
                 if not use_mean:
                     z = z + torch.exp(state.posterior_log_scale) * noise(z.shape)
+        if z is None and pick is not None:
+            z = pick(prior_mean, prior_log_scale, state.posterior_mean)
         if z is None:
             z = prior_mean
             if temperature > 0:
@@ -277,6 +283,7 @@ class HierarchicalVAE(ModelMixin, ConfigMixin):
         decoder_blocks: str = "1x1,4m1,4x2,8m4,8x3,16m8,16x3",
         bin_width: float = 1 / 16,
         min_log_scale: float = -7.0,
+        rate_conditioned: bool = False,
     ):
         super().__init__()
         hidden = max(8, int(width * hidden_ratio))
@@ -294,7 +301,14 @@ class HierarchicalVAE(ModelMixin, ConfigMixin):
         n_decoder_blocks = sum(n for _, op, n in decoder_spec if op in "xr")
         depth_scale = 1.0 / math.sqrt(n_decoder_blocks)
 
-        self.stem = nn.Conv2d(in_channels, width, 3, padding=1)
+        # A rate-conditioned model (the codec's entropy model) is told the quantization step:
+        # the encoder as an extra input channel, the top-down path through the top state.
+        self.stem = nn.Conv2d(in_channels + int(rate_conditioned), width, 3, padding=1)
+        self.rate_embedding = (
+            nn.Sequential(nn.Linear(1, width), nn.GELU(), nn.Linear(width, width))
+            if rate_conditioned
+            else None
+        )
         self.encoder = nn.ModuleList()
         self._encoder_ops: list[tuple[int, str, int]] = []
         for resolution, op, n in encoder_spec:
@@ -354,16 +368,21 @@ class HierarchicalVAE(ModelMixin, ConfigMixin):
         factor = self.config.sample_size // resolution
         return (feature_size[0] // factor, feature_size[1] // factor)
 
+    @property
+    def feature_multiple(self) -> int:
+        """Feature maps' height and width must be multiples of this (the coarsest spatial group's factor)."""
+        coarsest = min(
+            (r for r, _, _ in self._decoder_ops if r > 1),
+            default=self.config.sample_size,
+        )
+        return self.config.sample_size // coarsest
+
     def check_features(self, features: torch.Tensor) -> None:
         if features.ndim != 4 or features.shape[1] != self.config.in_channels:
             raise ValueError(
                 f"expected features (N, {self.config.in_channels}, H, W), got {tuple(features.shape)}"
             )
-        coarsest = min(
-            (r for r, _, _ in self._decoder_ops if r > 1),
-            default=self.config.sample_size,
-        )
-        multiple = self.config.sample_size // coarsest
+        multiple = self.feature_multiple
         if features.shape[-2] % multiple or features.shape[-1] % multiple:
             raise ValueError(
                 f"feature height and width must be multiples of {multiple}, got {tuple(features.shape[-2:])}"
@@ -375,7 +394,12 @@ class HierarchicalVAE(ModelMixin, ConfigMixin):
         return torch.round(features / bin_width) * bin_width
 
     # ----------------------------------------------------------------- passes
-    def _bottom_up(self, features: torch.Tensor) -> dict[int, torch.Tensor]:
+    def _bottom_up(
+        self, features: torch.Tensor, log_step: torch.Tensor | None = None
+    ) -> dict[int, torch.Tensor]:
+        if self.rate_embedding is not None:
+            step_plane = log_step.to(features.dtype)[:, None, None, None]
+            features = torch.cat([features, step_plane.expand(-1, 1, *features.shape[-2:])], 1)
         x = self.stem(features)
         activations: dict[int, torch.Tensor] = {}
         for module, (resolution, op, n) in zip(self.encoder, self._encoder_ops, strict=True):
@@ -399,12 +423,16 @@ class HierarchicalVAE(ModelMixin, ConfigMixin):
         noise: NoiseFn | None = None,
         temperature: float = 1.0,
         use_mean: bool = False,
+        pick: PickFn | None = None,
+        log_step: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[GroupState]]:
         device, dtype = self.head.weight.device, self.head.weight.dtype
         if noise is None:
             noise = lambda shape: torch.randn(shape, device=device, dtype=dtype)  # noqa: E731
         top = self._decoder_ops[0][0]
         x = self.decoder_bias[str(top)].expand(batch, -1, *self._spatial(top, feature_size))
+        if self.rate_embedding is not None:
+            x = x + self.rate_embedding(log_step.to(dtype)[:, None])[:, :, None, None]
         states: list[GroupState] = []
         for module, (resolution, op, _) in zip(self.decoder, self._decoder_ops, strict=True):
             if op == "m":
@@ -421,7 +449,7 @@ class HierarchicalVAE(ModelMixin, ConfigMixin):
                 index = len(states)
                 given = latents[index] if latents is not None and index < len(latents) else None
                 activation = activations[resolution] if activations is not None else None
-                x, state = module(x, activation, given, noise, temperature, use_mean)
+                x, state = module(x, activation, given, noise, temperature, use_mean, pick)
                 states.append(state)
         return x, states
 
@@ -473,6 +501,36 @@ class HierarchicalVAE(ModelMixin, ConfigMixin):
             kl_bits_per_dim=[kl.mean() * to_bits for kl in kls],
             reconstruction=mean,
         )
+
+    # ----------------------------------------------------------------- entropy coding
+    def coding_pass(
+        self,
+        features: torch.Tensor | None,
+        step: torch.Tensor,
+        pick: PickFn,
+        feature_size: tuple[int, int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[GroupState]]:
+        """One top-down pass of a rate-conditioned model whose latents ``pick`` chooses.
+
+        ``step`` (one per image) is the quantization step of the features. With
+        ``features`` the posteriors are inferred (encoding, training); without
+        them only priors exist, as when a decoder rebuilds latents from a
+        bitstream. Returns the likelihood's mean and log std, and every group's state.
+        """
+        if self.rate_embedding is None:
+            raise ValueError("this model was not trained as an entropy model (rate_conditioned)")
+        log_step = step.to(self.head.weight.dtype).log()
+        if features is not None:
+            self.check_features(features)
+            feature_size = (features.shape[-2], features.shape[-1])
+            activations = self._bottom_up(features.to(self.head.weight.dtype), log_step)
+        else:
+            activations = None
+        x, states = self._top_down(
+            step.shape[0], feature_size, activations, pick=pick, log_step=log_step
+        )
+        mean, log_scale = self._likelihood(x)
+        return mean, log_scale, states
 
     # ----------------------------------------------------------------- inference API
     @torch.no_grad()

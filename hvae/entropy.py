@@ -1,0 +1,153 @@
+"""Entropy coding of stage-1 features, with a hierarchical VAE as their prior.
+
+The HVAE acts as a learned multi-level hyperprior (as in QRes-VAE): its latent
+groups are quantized and coded top-down, each under the prior the groups above
+predict, and the quantized features are coded last under the likelihood.
+
+Quantization, the same in every place that needs it:
+  latent group:  symbol = round(posterior_mean - prior_mean),  z = prior_mean + symbol
+  features:      symbol = round((y - mean) / step),             y_hat = mean + step * symbol
+Symbols are coded with a zero-mean Gaussian whose std is snapped to a fixed
+table (``SCALE_TABLE``). The coder therefore never sees a network-computed
+float, only table entries. A decoder that computes a mean one ulp off gets a
+reconstruction one ulp off, not a corrupt stream; only a scale landing in a
+different table bucket could desynchronise it, and computing every image on
+its own (batch 1) keeps even that from happening between thread counts and
+batch sizes on one machine.
+
+Training replaces rounding with uniform noise of the same width (the usual
+relaxation), and the rate is the negative log-probability of the noisy values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import constriction
+import numpy as np
+import torch
+
+from hvae.model import HierarchicalVAE, discretized_gaussian_log_prob
+
+# Format version 1 of .hvz files depends on these exact values: never change them in place.
+SCALE_TABLE = np.exp(np.linspace(math.log(0.11), math.log(256.0), 64))
+SYMBOL_LIMIT = 8191  # symbols are clamped to [-SYMBOL_LIMIT, SYMBOL_LIMIT]
+_SCALE_BOUNDS = torch.from_numpy(np.sqrt(SCALE_TABLE[:-1] * SCALE_TABLE[1:]))
+_GAUSSIAN = constriction.stream.model.QuantizedGaussian(-SYMBOL_LIMIT, SYMBOL_LIMIT)
+
+
+def scale_indexes(log_scale: torch.Tensor) -> np.ndarray:
+    """Index of the table entry nearest (in log space) to each std, as a flat int array."""
+    scale = log_scale.detach().double().exp().flatten().cpu()
+    return torch.bucketize(scale, _SCALE_BOUNDS).numpy()
+
+
+def symbol_bits(symbols: np.ndarray, indexes: np.ndarray) -> float:
+    """-log2 P of ``symbols`` under the coder's own (table-scale) Gaussians, in bits."""
+    std = torch.from_numpy(SCALE_TABLE[indexes])
+    k = torch.from_numpy(symbols.astype(np.float64))
+    mass = torch.special.ndtr((k.abs() * -1 + 0.5) / std) - torch.special.ndtr(
+        (k.abs() * -1 - 0.5) / std
+    )
+    return float(-torch.log2(mass.clamp_min(2.0**-24)).sum())
+
+
+@dataclass
+class SymbolChunk:
+    """Symbols that share one top-down step, with the table index of each one's scale."""
+
+    symbols: np.ndarray  # int32, flat
+    indexes: np.ndarray  # int, flat
+    clamped: int = 0  # symbols that fell outside the coder's range and were clamped
+
+
+def _chunk(values: torch.Tensor, log_scale: torch.Tensor) -> SymbolChunk:
+    raw = values.detach().double().flatten().cpu().numpy()
+    symbols = np.clip(raw, -SYMBOL_LIMIT, SYMBOL_LIMIT).astype(np.int32)
+    return SymbolChunk(symbols, scale_indexes(log_scale), int((np.abs(raw) > SYMBOL_LIMIT).sum()))
+
+
+def _relative_log_scale(log_scale: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    return log_scale.float() - step.float().log().view(-1, 1, 1, 1)
+
+
+@torch.no_grad()
+def encode_symbols(
+    model: HierarchicalVAE, features: torch.Tensor, step: float
+) -> tuple[list[SymbolChunk], torch.Tensor]:
+    """Quantize one image's features (1, C, H, W) and all its latents; returns the chunks in
+    decoding order and the reconstructed features that a decoder will rebuild from them."""
+    if features.shape[0] != 1:
+        raise ValueError("encode one image at a time: batching would change the arithmetic")
+    chunks: list[SymbolChunk] = []
+    steps = torch.tensor([step], dtype=torch.float32)
+
+    def pick(prior_mean, prior_log_scale, posterior_mean):
+        symbols = torch.round(posterior_mean - prior_mean)
+        chunks.append(_chunk(symbols, prior_log_scale))
+        return prior_mean + symbols
+
+    mean, log_scale, _ = model.coding_pass(features.float(), steps, pick)
+    symbols = torch.round((features.float() - mean) / step)
+    chunks.append(_chunk(symbols, _relative_log_scale(log_scale, steps)))
+    return chunks, mean + step * symbols.clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT)
+
+
+def pack(chunks: list[SymbolChunk]) -> bytes:
+    """ANS-code the chunks so that ``unpack`` reads them back in the same order."""
+    coder = constriction.stream.stack.AnsCoder()
+    for chunk in reversed(chunks):  # a stack coder decodes in the reverse order of encoding
+        if chunk.symbols.size:
+            means = np.zeros(chunk.symbols.size)
+            coder.encode_reverse(chunk.symbols, _GAUSSIAN, means, SCALE_TABLE[chunk.indexes])
+    return coder.get_compressed().tobytes()
+
+
+@torch.no_grad()
+def decode_symbols(
+    model: HierarchicalVAE, payload: bytes, step: float, feature_size: tuple[int, int]
+) -> torch.Tensor:
+    """Rebuild one image's quantized features from ``pack``'s bytes."""
+    if len(payload) % 4:
+        raise ValueError("payload length is not a whole number of 32-bit words")
+    coder = constriction.stream.stack.AnsCoder(np.frombuffer(payload, dtype=np.uint32).copy())
+    steps = torch.tensor([step], dtype=torch.float32)
+
+    def read(log_scale: torch.Tensor) -> torch.Tensor:
+        indexes = scale_indexes(log_scale)
+        symbols = coder.decode(_GAUSSIAN, np.zeros(indexes.size), SCALE_TABLE[indexes])
+        return torch.from_numpy(symbols.astype(np.float32)).view(log_scale.shape)
+
+    def pick(prior_mean, prior_log_scale, posterior_mean):
+        return prior_mean + read(prior_log_scale).to(prior_mean.dtype)
+
+    mean, log_scale, _ = model.coding_pass(None, steps, pick, feature_size)
+    return mean + step * read(_relative_log_scale(log_scale, steps))
+
+
+def rate_bits(
+    model: HierarchicalVAE, features: torch.Tensor, steps: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Training rate under the uniform-noise relaxation: per-image bits for the features,
+    and per-image bits for each latent group (a list, top group first)."""
+    latent_bits: list[torch.Tensor] = []
+
+    def pick(prior_mean, prior_log_scale, posterior_mean):
+        z = posterior_mean + torch.rand_like(posterior_mean) - 0.5
+        log_p = discretized_gaussian_log_prob(
+            z.float(), prior_mean.float(), prior_log_scale.float(), 1.0
+        )
+        latent_bits.append(-log_p.flatten(1).sum(1) / math.log(2))
+        return z
+
+    mean, log_scale, _ = model.coding_pass(features, steps, pick)
+    view = steps.float().view(-1, 1, 1, 1)
+    noisy = features.float() + view * (torch.rand_like(features.float()) - 0.5)
+    bin_log_p = discretized_gaussian_log_prob(
+        (noisy - mean.float()) / view,
+        torch.zeros_like(noisy),
+        _relative_log_scale(log_scale, steps),
+        1.0,
+    )
+    return -bin_log_p.flatten(1).sum(1) / math.log(2), latent_bits
