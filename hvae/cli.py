@@ -110,6 +110,8 @@ def cmd_train_autoencoder(args) -> int:
         n_scenes=args.scenes,
         cache_dir=args.cache_dir,
         resume=not args.no_resume,
+        scales=tuple(args.scales),
+        latent_noise=args.latent_noise,
     )
     if process_state().is_main_process:
         print(f"saved the stage-1 autoencoder to {args.out}")
@@ -380,6 +382,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--patch-size", type=_positive_int, default=2, help="pixel-unshuffle factor (default: 2)"
     )
+    p.add_argument(
+        "--scales",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="image scales that crops are drawn from, e.g. 1 0.5 0.25 for large photos (default: 1)",
+    )
+    p.add_argument(
+        "--latent-noise",
+        type=float,
+        default=0.05,
+        help="noise added to the latents in training, relative to their spread, so the decoder "
+        "tolerates stage-2 and quantization errors (default: 0.05)",
+    )
     _add_training_args(p, steps=2000, batch_size=32, lr=2e-3)
     p.set_defaults(func=cmd_train_autoencoder)
 
@@ -584,6 +600,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default=default_model(), help=model_help)
     p.set_defaults(func=cmd_demo)
+
+    from hvae.cli_codec import add_codec_commands
+
+    add_codec_commands(sub, _add_training_args, _positive_int)
     return parser
 
 

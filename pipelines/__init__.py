@@ -1,5 +1,6 @@
 """User-facing pipelines (diffusers ``DiffusionPipeline`` subclasses)."""
 
+from pipelines.compression_pipeline import HVAECompressionPipeline
 from pipelines.hvae_pipeline import HVAEPipeline
 
-__all__ = ["HVAEPipeline"]
+__all__ = ["HVAECompressionPipeline", "HVAEPipeline"]

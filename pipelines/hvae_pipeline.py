@@ -39,6 +39,20 @@ class Direction:
     units: str = "vector"
 
 
+def load_pipeline_folder(load, pretrained_model_name_or_path, **kwargs):
+    """``load`` (a DiffusionPipeline.from_pretrained) with our errors: a folder that is not a
+    pipeline, or a part that fails to load, is an HVAEError that names the folder."""
+    path = Path(pretrained_model_name_or_path)
+    if path.exists() and not (path / "model_index.json").is_file():
+        raise HVAEError(f"{path}: not a pipeline folder (no model_index.json)")
+    try:
+        return load(pretrained_model_name_or_path, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise HVAEError(
+            f"{pretrained_model_name_or_path}: could not load the pipeline ({error})"
+        ) from None
+
+
 def image_seed(seed: int, index: int) -> int:
     """Seed of image ``index`` in a run started with ``seed``: independent of batching."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
@@ -56,14 +70,9 @@ class HVAEPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> HVAEPipeline:
         path = Path(pretrained_model_name_or_path)
-        if path.exists() and not (path / "model_index.json").is_file():
-            raise HVAEError(f"{path}: not a pipeline folder (no model_index.json)")
-        try:
-            pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise HVAEError(
-                f"{pretrained_model_name_or_path}: could not load the pipeline ({error})"
-            ) from None
+        pipe = load_pipeline_folder(
+            super().from_pretrained, pretrained_model_name_or_path, **kwargs
+        )
         if path.exists():
             pipe.load_directions(path / DIRECTIONS_FOLDER)
         return pipe

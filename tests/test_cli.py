@@ -15,6 +15,12 @@ SUBCOMMANDS = [
     "directions",
     "ui",
     "demo",
+    "prepare-photos",
+    "train-codec",
+    "compress",
+    "decompress",
+    "info",
+    "benchmark",
 ]
 
 

@@ -1,0 +1,299 @@
+"""``HVAECompressionPipeline``: images <-> ``.hvz`` archives, entropy-coded under the HVAE.
+
+Like ``HVAEPipeline`` it composes a stage-1 diffusers autoencoder with a
+``HierarchicalVAE``; here the HVAE is a rate-conditioned entropy model
+(``rate_conditioned=True``). The quality level picks the quantization step of
+the stage-1 features: one model serves every level (see ``hvae.entropy``).
+
+Every image is computed on its own (batch 1), in both directions. That costs
+some speed and buys decodes that are bit-identical whatever the batch size or
+thread count, which is what keeps archives readable.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import torch
+import torch.nn.functional as F
+from diffusers import DiffusionPipeline
+from PIL import Image
+from tqdm.auto import tqdm
+
+from hvae.autoencoder import FeatureAutoencoder
+from hvae.batch import list_inputs, png_bytes, write_atomically
+from hvae.codec import ArchiveError, ArchiveReader, ArchiveWriter, DamagedRecord, Record
+from hvae.data.images import load_image, to_pil, to_tensor
+from hvae.entropy import decode_symbols, encode_symbols, pack, symbol_bits
+from hvae.errors import HVAEError
+from hvae.fingerprint import fingerprint
+from hvae.model import HierarchicalVAE
+from pipelines.hvae_pipeline import load_pipeline_folder
+
+# Quantization step of the (unit-variance) stage-1 features for quality 1..8.
+# Chosen so that the levels span about 0.1 to 1 bpp on the held-out photos
+# (benchmarks: `hvae benchmark rd`); each record stores its step, so this
+# table can change without breaking old archives.
+QUALITY_STEPS = (2.4, 1.6, 1.1, 0.75, 0.5, 0.34, 0.23, 0.15)
+DEFAULT_QUALITY = 4
+_STEP = struct.Struct("<f")
+
+
+def quality_step(quality: int) -> float:
+    if not isinstance(quality, int) or not 1 <= quality <= len(QUALITY_STEPS):
+        raise HVAEError(
+            f"quality must be an integer from 1 to {len(QUALITY_STEPS)}, got {quality!r}"
+        )
+    return QUALITY_STEPS[quality - 1]
+
+
+@dataclass
+class CompressionSummary:
+    images: int = 0
+    bytes: int = 0
+    pixels: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def bpp(self) -> float:
+        return 8 * self.bytes / max(1, self.pixels)
+
+
+@dataclass
+class DecompressionSummary:
+    written: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)
+    complete: bool = True  # False when the archive had no valid index (cut short)
+
+
+def _safe_relative(name: str) -> Path:
+    """An archive's record name as a relative output path; names that climb out are refused."""
+    path = PurePosixPath(name)
+    if not name or path.is_absolute() or ".." in path.parts or "\\" in name:
+        raise DamagedRecord(f"{name!r}: not a safe relative name")
+    return Path(*path.parts)
+
+
+class HVAECompressionPipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "hvae->autoencoder"
+
+    def __init__(self, autoencoder, hvae: HierarchicalVAE):
+        super().__init__()
+        self.register_modules(autoencoder=autoencoder, hvae=hvae)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> HVAECompressionPipeline:
+        pipe = load_pipeline_folder(
+            super().from_pretrained, pretrained_model_name_or_path, **kwargs
+        )
+        if not getattr(pipe.hvae.config, "rate_conditioned", False):
+            raise HVAEError(
+                f"{pretrained_model_name_or_path}: its hvae is not an entropy model "
+                "(trained with `hvae train-codec`), so it cannot compress"
+            )
+        return pipe
+
+    @property
+    def stage1(self) -> FeatureAutoencoder:
+        cached = getattr(self, "_stage1", None)
+        if cached is None or cached.model is not self.autoencoder:
+            cached = self._stage1 = FeatureAutoencoder(self.autoencoder, batch_size=1)
+        return cached
+
+    def fingerprint(self) -> str:
+        return fingerprint(self.autoencoder, self.hvae)
+
+    # ------------------------------------------------------------ one image
+    def _features(self, image: Image.Image) -> torch.Tensor:
+        pixels = to_tensor([image])
+        multiple = self.stage1.stride * self.hvae.feature_multiple
+        pad_h, pad_w = (-pixels.shape[-2]) % multiple, (-pixels.shape[-1]) % multiple
+        if pad_h or pad_w:
+            pixels = F.pad(pixels, (0, pad_w, 0, pad_h), mode="replicate")
+        return self.stage1.encode(pixels)
+
+    @torch.no_grad()
+    def encode_image(
+        self, image: Image.Image, quality: int = DEFAULT_QUALITY, return_bits: bool = False
+    ):
+        """One image -> its payload: the quantization step, then the ANS bitstream. With
+        ``return_bits``, also the -log2 p the model assigns to the coded symbols (the ideal size)."""
+        step = _STEP.unpack(_STEP.pack(quality_step(quality)))[0]  # exactly what decode reads
+        chunks, _ = encode_symbols(self.hvae, self._features(image.convert("RGB")), step)
+        clamped = sum(c.clamped for c in chunks)
+        if clamped:
+            warnings.warn(
+                f"{clamped} symbols were outside the coder's range and were clamped", stacklevel=2
+            )
+        payload = _STEP.pack(step) + pack(chunks)
+        if return_bits:
+            return payload, sum(symbol_bits(c.symbols, c.indexes) for c in chunks)
+        return payload
+
+    @torch.no_grad()
+    def decode_image(self, payload: bytes, size: tuple[int, int]) -> Image.Image:
+        """Payload and original (height, width) -> the decoded image."""
+        if len(payload) < _STEP.size:
+            raise DamagedRecord("payload too short")
+        (step,) = _STEP.unpack_from(payload)
+        multiple = self.stage1.stride * self.hvae.feature_multiple
+        feature_size = tuple(
+            -(-side // multiple) * (multiple // self.stage1.stride) for side in size
+        )
+        try:
+            features = decode_symbols(self.hvae, payload[_STEP.size :], step, feature_size)
+        except (ValueError, RuntimeError, OverflowError) as error:
+            raise DamagedRecord(f"undecodable bitstream ({error})") from None
+        return to_pil(self.stage1.decode(features, size))[0]
+
+    # ------------------------------------------------------------ in memory
+    def compress(
+        self,
+        images: Image.Image | Sequence[Image.Image],
+        quality: int = DEFAULT_QUALITY,
+        names: Sequence[str] | None = None,
+    ) -> bytes:
+        """Images -> the bytes of an ``.hvz`` archive holding them (named image-00000, ... by default)."""
+        images = [images] if isinstance(images, Image.Image) else list(images)
+        names = list(names) if names is not None else [f"image-{i:05d}" for i in range(len(images))]
+        if len(names) != len(images):
+            raise HVAEError(f"{len(names)} names for {len(images)} images")
+        buffer = io.BytesIO()
+        with ArchiveWriter(buffer, self.fingerprint()) as writer:
+            for name, image in zip(names, images, strict=True):
+                image = image.convert("RGB")
+                payload = self.encode_image(image, quality)
+                writer.add(Record(name, image.height, image.width, quality, payload))
+        return buffer.getvalue()
+
+    def decompress(self, data: bytes) -> list[Image.Image]:
+        """Archive bytes -> images, in order; any damaged record raises."""
+        reader = self.open_archive(data)
+        images = []
+        for _, record in reader.records():
+            if isinstance(record, DamagedRecord):
+                raise record
+            images.append(self.decode_image(record.payload, (record.height, record.width)))
+        return images
+
+    def open_archive(self, source: str | Path | bytes) -> ArchiveReader:
+        """Open an archive and refuse it, naming both fingerprints, if another model wrote it."""
+        reader = ArchiveReader(source)
+        mine = self.fingerprint()
+        if reader.fingerprint != mine:
+            raise ArchiveError(
+                f"{reader.path} was written by model {reader.fingerprint}, but this model is {mine}; "
+                "decode it with the model that wrote it (see `hvae info`)"
+            )
+        return reader
+
+    # ------------------------------------------------------------ files
+    def compress_files(
+        self,
+        inputs: Iterable[str],
+        out: str | Path,
+        quality: int = DEFAULT_QUALITY,
+        progress: bool = True,
+    ) -> CompressionSummary:
+        """Files and folders (recursive) -> one archive. Unreadable files are skipped and reported."""
+        quality_step(quality)
+        found = list_inputs(list(inputs))
+        summary = CompressionSummary()
+        with ArchiveWriter(out, self.fingerprint()) as writer:
+            bar = tqdm(
+                found, desc="compressing", unit="img", disable=not progress, dynamic_ncols=True
+            )
+            for item in bar:
+                try:
+                    image = load_image(item.path)
+                except HVAEError as error:
+                    summary.skipped.append(str(error))
+                    continue
+                payload = self.encode_image(image, quality)
+                suffix = Path(item.path).suffix
+                summary.bytes += writer.add(
+                    Record(item.name + suffix, image.height, image.width, quality, payload)
+                )
+                summary.images += 1
+                summary.pixels += image.width * image.height
+                bar.set_postfix(bpp=f"{summary.bpp:.3f}")
+        return summary
+
+    def decompress_archive(
+        self,
+        archive: str | Path,
+        out_dir: str | Path,
+        only: Sequence[str] | None = None,
+        progress: bool = True,
+    ) -> DecompressionSummary:
+        """Archive -> PNG files under ``out_dir``; damaged records are named and skipped."""
+        reader = self.open_archive(archive)
+        summary = DecompressionSummary(complete=reader.complete)
+        wanted = set(only) if only else None
+        found = set()
+        bar = tqdm(
+            reader.records(),
+            total=len(reader),
+            desc="decompressing",
+            unit="img",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
+        for _, record in bar:
+            if isinstance(record, DamagedRecord):
+                summary.damaged.append(str(record))
+                continue
+            if wanted is not None and record.name not in wanted:
+                continue
+            found.add(record.name)
+            try:
+                target = Path(out_dir) / _safe_relative(record.name).with_suffix(".png")
+                image = self.decode_image(record.payload, (record.height, record.width))
+            except DamagedRecord as error:
+                summary.damaged.append(f"{record.name}: {error}")
+                continue
+            write_atomically(target, png_bytes(image))
+            summary.written.append(str(target))
+        if wanted is not None and wanted - found:
+            missing = sorted(wanted - found)
+            raise HVAEError(f"not in the archive (or damaged): {', '.join(missing)}")
+        return summary
+
+
+def archive_info(archive: str | Path) -> dict:
+    """Per-image bytes and bpp, totals and the model fingerprint; needs no model."""
+    reader = ArchiveReader(archive)
+    images, damaged = [], []
+    for i, record in reader.records():
+        if isinstance(record, DamagedRecord):
+            damaged.append(str(record))
+            continue
+        size = reader.entries[i][1]
+        pixels = record.height * record.width
+        images.append(
+            {
+                "name": record.name,
+                "width": record.width,
+                "height": record.height,
+                "quality": record.quality,
+                "bytes": size,
+                "bpp": 8 * size / pixels,
+            }
+        )
+    total_bytes = len(reader.data)
+    total_pixels = sum(i["width"] * i["height"] for i in images)
+    return {
+        "archive": str(archive),
+        "fingerprint": reader.fingerprint,
+        "complete": reader.complete,
+        "images": images,
+        "damaged": damaged,
+        "total_bytes": total_bytes,
+        "total_pixels": total_pixels,
+        "bpp": 8 * total_bytes / max(1, total_pixels),
+    }
