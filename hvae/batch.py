@@ -188,6 +188,7 @@ class BatchJob:
     key = "input"
     description = ""
     total = 0
+    pipeline = "HVAEPipeline"  # the class in ``pipelines`` that computes this job
 
     def record(self, manifest: Manifest, result: dict) -> None:
         raise NotImplementedError

@@ -73,7 +73,16 @@ def cmd_train_codec(args) -> int:
 
 def cmd_compress(args) -> int:
     pipe = load_codec(args.model)
-    summary = pipe.compress_files(args.inputs, args.out, quality=args.quality)
+    compute = None
+    if args.ray_workers:
+        from functools import partial
+
+        from hvae.distributed import map_on_ray
+
+        compute = partial(
+            map_on_ray, model=args.model, workers=args.ray_workers, batch_size=args.batch_size
+        )
+    summary = pipe.compress_files(args.inputs, args.out, quality=args.quality, compute=compute)
     for message in summary.skipped:
         print(f"skipped: {message}", file=sys.stderr)
     print(
@@ -207,6 +216,18 @@ def add_codec_commands(sub, add_training_args, positive_int) -> None:
         help="1 (smallest) to 8 (best); about 0.1 to 1 bpp on photos (default: 4)",
     )
     p.add_argument("--model", default=default_codec_model(), help=model_help)
+    p.add_argument(
+        "--ray-workers",
+        type=positive_int,
+        help="compress on this many Ray workers (needs the [distributed] extra; RAY_ADDRESS picks a "
+        "cluster); the archive is byte-identical to a local run",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=4,
+        help="with --ray-workers: images per task (default: 4); every image is still coded on its own",
+    )
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser(

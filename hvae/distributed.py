@@ -36,12 +36,12 @@ def _plain(value):
 
 
 class _Worker:
-    """One per Ray actor: loads the pipeline once, then computes batches of items."""
+    """One per Ray actor: loads the job's pipeline class once, then computes batches of items."""
 
     def __init__(self, model: str, job):
-        from pipelines import HVAEPipeline
+        import pipelines
 
-        self.pipe = HVAEPipeline.from_pretrained(model)
+        self.pipe = getattr(pipelines, job.pipeline).from_pretrained(model)
         self.pipe.set_progress_bar_config(disable=True)
         self.job = job
 
@@ -53,15 +53,11 @@ class _Worker:
         return {key: [r[key] for r in results] for key in ("item", "data", "error")}
 
 
-def run_job_on_ray(
-    job, model: str, fingerprint: str, workers: int = 2, batch_size: int = 16
-) -> JobSummary:
-    """Run ``job`` with its compute step spread over ``workers`` Ray actors."""
+def map_on_ray(job, items: list[dict], model: str, workers: int = 2, batch_size: int = 16):
+    """Yield ``job.compute`` results for ``items``, computed by ``workers`` Ray actors."""
     ray = require_ray()
-    manifest = open_manifest(job, fingerprint)
-    items = job.plan(manifest)
     if not items:
-        return drive(job, manifest, 0, iter(()))
+        return
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
         ray.init(
@@ -79,7 +75,16 @@ def run_job_on_ray(
         concurrency=workers,
         num_cpus=1,
     )
-    results = (
-        {key: _plain(row[key]) for key in ("item", "data", "error")} for row in dataset.iter_rows()
-    )
+    for row in dataset.iter_rows():
+        yield {key: _plain(row[key]) for key in ("item", "data", "error")}
+
+
+def run_job_on_ray(
+    job, model: str, fingerprint: str, workers: int = 2, batch_size: int = 16
+) -> JobSummary:
+    """Run ``job`` with its compute step spread over ``workers`` Ray actors."""
+    require_ray()
+    manifest = open_manifest(job, fingerprint)
+    items = job.plan(manifest)
+    results = map_on_ray(job, items, model, workers, batch_size)
     return drive(job, manifest, len(items), results)

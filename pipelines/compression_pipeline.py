@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import struct
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -77,6 +77,28 @@ def _safe_relative(name: str) -> Path:
     if not name or path.is_absolute() or ".." in path.parts or "\\" in name:
         raise DamagedRecord(f"{name!r}: not a safe relative name")
     return Path(*path.parts)
+
+
+@dataclass
+class CompressJob:
+    """The pure compute step of ``compress_files``: items ({item: name, path}) -> record bodies.
+    It runs in this process or on Ray workers (``hvae.distributed.map_on_ray``)."""
+
+    quality: int
+    pipeline = "HVAECompressionPipeline"
+
+    def compute(self, pipe: HVAECompressionPipeline, items: list[dict]) -> list[dict]:
+        results = []
+        for item in items:
+            try:
+                image = load_image(item["path"])
+            except HVAEError as error:
+                results.append({"item": item["item"], "data": None, "error": str(error)})
+                continue
+            payload = pipe.encode_image(image, self.quality)
+            record = Record(item["item"], image.height, image.width, self.quality, payload)
+            results.append({"item": item["item"], "data": record.encode(), "error": None})
+        return results
 
 
 class HVAECompressionPipeline(DiffusionPipeline):
@@ -199,29 +221,50 @@ class HVAECompressionPipeline(DiffusionPipeline):
         out: str | Path,
         quality: int = DEFAULT_QUALITY,
         progress: bool = True,
+        compute: Callable | None = None,
     ) -> CompressionSummary:
-        """Files and folders (recursive) -> one archive. Unreadable files are skipped and reported."""
+        """Files and folders (recursive) -> one archive, records in input order. Unreadable
+        files are skipped and reported. ``compute(job, items)`` yields the job's results from
+        elsewhere (``hvae.distributed.map_on_ray``); by default this process computes them."""
         quality_step(quality)
-        found = list_inputs(list(inputs))
+        job = CompressJob(quality)
+        items = [
+            {"item": image.name + Path(image.path).suffix, "path": image.path}
+            for image in list_inputs(list(inputs))
+        ]
+        if compute is None:
+            results = (result for item in items for result in job.compute(self, [item]))
+        else:
+            results = compute(job, items)
         summary = CompressionSummary()
+        position = {item["item"]: i for i, item in enumerate(items)}
+        waiting: dict[int, dict] = {}
+        next_index = 0
+        bar = tqdm(
+            total=len(items),
+            desc="compressing",
+            unit="img",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
         with ArchiveWriter(out, self.fingerprint()) as writer:
-            bar = tqdm(
-                found, desc="compressing", unit="img", disable=not progress, dynamic_ncols=True
-            )
-            for item in bar:
-                try:
-                    image = load_image(item.path)
-                except HVAEError as error:
-                    summary.skipped.append(str(error))
-                    continue
-                payload = self.encode_image(image, quality)
-                suffix = Path(item.path).suffix
-                summary.bytes += writer.add(
-                    Record(item.name + suffix, image.height, image.width, quality, payload)
-                )
-                summary.images += 1
-                summary.pixels += image.width * image.height
-                bar.set_postfix(bpp=f"{summary.bpp:.3f}")
+            for result in results:
+                # Workers may finish out of order; records are written in input order, so an
+                # archive does not depend on how (or where) it was computed.
+                waiting[position[result["item"]]] = result
+                while next_index in waiting:
+                    done = waiting.pop(next_index)
+                    next_index += 1
+                    bar.update()
+                    if done["error"] is not None:
+                        summary.skipped.append(done["error"])
+                        continue
+                    record = Record.decode(done["data"])
+                    summary.bytes += writer.add(record)
+                    summary.images += 1
+                    summary.pixels += record.width * record.height
+                    bar.set_postfix(bpp=f"{summary.bpp:.3f}")
+        bar.close()
         return summary
 
     def decompress_archive(

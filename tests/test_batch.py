@@ -7,6 +7,7 @@ import pytest
 
 from hvae.batch import read_manifest
 from hvae.cli import main
+from hvae.codec import ArchiveReader
 from hvae.data.shapes import ShapesDataset
 
 
@@ -170,6 +171,16 @@ def test_ray_runs_are_byte_identical_to_local_runs(
         assert run("encode", nested_folder, "-o", where / "codes", *model, *extra) == 0
         assert run("decode", where / "codes", "-o", where / "decoded", *model) == 0
     assert pngs(local / "decoded") == pngs(remote / "decoded")
+
+    from tests.test_codec import tiny_codec
+
+    codec = tmp_path / "codec"
+    tiny_codec().save_pretrained(codec)
+    archives = [where / "all.hvz" for where in (local, remote)]
+    assert run("compress", nested_folder, "-o", archives[0], "--model", codec) == 0
+    assert run("compress", nested_folder, "-o", archives[1], "--model", codec, *ray_args) == 0
+    assert archives[0].read_bytes() == archives[1].read_bytes()
+    assert len(ArchiveReader(archives[0])) == 5
 
 
 def test_edit_keep_is_recorded_and_unknown_names_fail_before_work(
