@@ -115,10 +115,12 @@ def make_rate_loss(min_step: float, max_step: float, seed: int):
         dims = features[0].numel()
         total = feature_bits + sum(latent_bits)
         logs = {
-            "bpd": float(total.mean() / dims),
-            "feature_bpd": float(feature_bits.mean() / dims),
+            "bpd": float(total.detach().mean() / dims),
+            "feature_bpd": float(feature_bits.detach().mean() / dims),
         }
-        logs |= {f"z{i}_bpd": float(bits.mean() / dims) for i, bits in enumerate(latent_bits)}
+        logs |= {
+            f"z{i}_bpd": float(bits.detach().mean() / dims) for i, bits in enumerate(latent_bits)
+        }
         return total.mean() / dims, logs
 
     return loss_fn

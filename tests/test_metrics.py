@@ -1,0 +1,35 @@
+import pytest
+import torch
+
+from hvae.metrics import ms_ssim, psnr
+from hvae.rd_benchmark import bd_rate, value_at_bpp
+
+
+def test_ms_ssim_is_one_for_identical_images_and_falls_with_noise():
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 192, 200) * 2 - 1
+    scores = [
+        float(ms_ssim(image, (image + s * torch.randn_like(image)).clamp(-1, 1)))
+        for s in (0.0, 0.05, 0.3)
+    ]
+    assert scores[0] == pytest.approx(1.0, abs=1e-6)
+    assert scores[0] > scores[1] > scores[2] > 0
+    with pytest.raises(ValueError, match="at least 161"):
+        ms_ssim(image[..., :100, :], image[..., :100, :])
+
+
+def test_psnr_of_a_known_error():
+    a = torch.zeros(1, 3, 8, 8)
+    # error 0.2 on a [-1, 1] scale = 0.1 of the peak-to-peak range -> 20 dB
+    assert float(psnr(a + 0.2, a)) == pytest.approx(20.0, abs=1e-4)
+
+
+def test_bd_rate_measures_a_known_rate_saving():
+    anchor = [(r, 30 + 10 * r) for r in (0.2, 0.4, 0.6, 0.8, 1.0)]
+    half = [(r / 2, q) for r, q in anchor]  # same quality at half the rate
+    assert bd_rate(anchor, anchor) == pytest.approx(0.0, abs=1e-6)
+    assert bd_rate(anchor, half) == pytest.approx(-50.0, abs=1e-3)
+    assert bd_rate(anchor, [(r, q + 100) for r, q in anchor]) is None  # no overlap
+    curve = [{"bpp": r, "psnr": q} for r, q in anchor]
+    assert value_at_bpp(curve, 0.5, "psnr") == pytest.approx(35.0)
+    assert value_at_bpp(curve, 2.0, "psnr") is None
