@@ -328,9 +328,16 @@ def cmd_ui(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from hvae.demo import run_demo
+    from hvae.cli_codec import default_codec_model, load_codec
+    from hvae.demo import SAMPLE_PHOTOS, run_compression_demo, run_demo
 
+    if args.codec_model is None:
+        args.codec_model = default_codec_model()
     run_demo(load_pipeline(args.model), Path(args.out), n=args.n)
+    if args.codec_model and Path(args.codec_model).exists() and SAMPLE_PHOTOS.is_dir():
+        run_compression_demo(load_codec(args.codec_model), SAMPLE_PHOTOS, Path(args.out))
+    else:
+        print("no compression pipeline or sample photos found: skipped the compression part")
     return 0
 
 
@@ -599,6 +606,12 @@ def build_parser() -> argparse.ArgumentParser:
         "-n", type=_positive_int, default=8, help="held-out scenes to reconstruct (default: 8)"
     )
     p.add_argument("--model", default=default_model(), help=model_help)
+    p.add_argument(
+        "--codec-model",
+        default=None,
+        help="compression pipeline for the photo part (default: the bundled photo pipeline; "
+        "'' to skip)",
+    )
     p.set_defaults(func=cmd_demo)
 
     from hvae.cli_codec import add_codec_commands

@@ -138,14 +138,22 @@ def test_generate_is_identical_across_batch_sizes(tiny_pipeline_dir, tmp_path):
     ]
 
 
-def test_demo_writes_its_pictures(tiny_pipeline_dir, tmp_path, capsys):
-    assert (
-        main(["demo", "-o", str(tmp_path / "demo"), "-n", "2", "--model", str(tiny_pipeline_dir)])
-        == 0
-    )
-    names = {p.name for p in (tmp_path / "demo").iterdir()}
-    assert {"reconstructions.png", "samples_t0.8.png", "edit_strip.png"} <= names
-    assert str(tmp_path / "demo") in capsys.readouterr().out
+def test_demo_writes_its_pictures_and_a_photo_archive(tiny_pipeline_dir, tmp_path, capsys):
+    from tests.test_codec import tiny_codec
+
+    codec = tmp_path / "codec"
+    tiny_codec().save_pretrained(codec)
+    out = tmp_path / "demo"
+    argv = ["demo", "-o", str(out), "-n", "2", "--model", str(tiny_pipeline_dir)]
+    assert main([*argv, "--codec-model", str(codec)]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"reconstructions.png", "samples_t0.8.png", "edit_strip.png", "photos.hvz"} <= names
+    assert sorted(p.name for p in (out / "photos_decoded").iterdir()) == [
+        "evening_glow.png",
+        "wood.png",
+    ]
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "bpp" in printed and "MS-SSIM" in printed
 
 
 def _error_of(argv, capsys):
