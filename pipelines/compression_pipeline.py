@@ -5,13 +5,14 @@ Like ``HVAEPipeline`` it composes a stage-1 diffusers autoencoder with a
 (``rate_conditioned=True``). The quality level picks the quantization step of
 the stage-1 features: one model serves every level (see ``hvae.entropy``).
 
-Every image is computed on its own (batch 1), in both directions. That costs
-some speed and buys decodes that are bit-identical whatever the batch size or
-thread count, which is what keeps archives readable.
+Every image is computed on its own (batch 1) and on one thread, in both
+directions. That costs speed (one core) and buys decodes that are
+bit-identical whatever the batch size or thread count (see ``one_thread``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import warnings
@@ -36,12 +37,32 @@ from hvae.model import HierarchicalVAE
 from pipelines.hvae_pipeline import load_pipeline_folder
 
 # Quantization step of the (unit-variance) stage-1 features for quality 1..8.
-# Chosen so that the levels span about 0.1 to 1 bpp on the held-out photos
-# (benchmarks: `hvae benchmark rd`); each record stores its step, so this
-# table can change without breaking old archives.
-QUALITY_STEPS = (2.4, 1.6, 1.1, 0.75, 0.5, 0.34, 0.23, 0.15)
+# Chosen so that the levels span about 0.1 to 0.9 bpp on the held-out photos
+# (python benchmarks/quality_steps.py); 0.1 is the smallest step the bundled
+# entropy model was trained for. Each record stores its step, so this table
+# can change without breaking old archives.
+QUALITY_STEPS = (1.6, 1.1, 0.75, 0.5, 0.34, 0.23, 0.15, 0.1)
 DEFAULT_QUALITY = 4
 _STEP = struct.Struct("<f")
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run torch on one thread inside the block.
+
+    Measured on the bundled photo model: decoding the same archive with 1 and 2
+    threads gave features and pixels 1 ulp apart (oneDNN splits one image's sums
+    differently per thread count), enough to flip a rounded pixel now and then.
+    The symbols still decoded identically: the fixed scale table absorbs such
+    differences. Coding and decoding on one thread make the output bit-identical
+    whatever the caller's thread setting, at the cost of the second core.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def quality_step(quality: int) -> float:
@@ -131,7 +152,8 @@ class HVAECompressionPipeline(DiffusionPipeline):
         return fingerprint(self.autoencoder, self.hvae)
 
     # ------------------------------------------------------------ one image
-    def _features(self, image: Image.Image) -> torch.Tensor:
+    def features_of(self, image: Image.Image) -> torch.Tensor:
+        """Stage-1 features of one image, padded to what both models need (replicated edges)."""
         pixels = to_tensor([image])
         multiple = self.stage1.stride * self.hvae.feature_multiple
         pad_h, pad_w = (-pixels.shape[-2]) % multiple, (-pixels.shape[-1]) % multiple
@@ -146,7 +168,8 @@ class HVAECompressionPipeline(DiffusionPipeline):
         """One image -> its payload: the quantization step, then the ANS bitstream. With
         ``return_bits``, also the -log2 p the model assigns to the coded symbols (the ideal size)."""
         step = _STEP.unpack(_STEP.pack(quality_step(quality)))[0]  # exactly what decode reads
-        chunks, _ = encode_symbols(self.hvae, self._features(image.convert("RGB")), step)
+        with one_thread():
+            chunks, _ = encode_symbols(self.hvae, self.features_of(image.convert("RGB")), step)
         clamped = sum(c.clamped for c in chunks)
         if clamped:
             warnings.warn(
@@ -167,11 +190,12 @@ class HVAECompressionPipeline(DiffusionPipeline):
         feature_size = tuple(
             -(-side // multiple) * (multiple // self.stage1.stride) for side in size
         )
-        try:
-            features = decode_symbols(self.hvae, payload[_STEP.size :], step, feature_size)
-        except (ValueError, RuntimeError, OverflowError) as error:
-            raise DamagedRecord(f"undecodable bitstream ({error})") from None
-        return to_pil(self.stage1.decode(features, size))[0]
+        with one_thread():
+            try:
+                features = decode_symbols(self.hvae, payload[_STEP.size :], step, feature_size)
+            except (ValueError, RuntimeError, OverflowError) as error:
+                raise DamagedRecord(f"undecodable bitstream ({error})") from None
+            return to_pil(self.stage1.decode(features, size))[0]
 
     # ------------------------------------------------------------ in memory
     def compress(
