@@ -115,15 +115,25 @@ def main() -> None:
             for side in args.sizes:
                 encode_ms, decode_ms = speed(model, side, precision == "bf16", args.repeats)
                 rows.append(
-                    {"model": name, "precision": precision, "side": side,
-                     "encode_ms": encode_ms, "decode_ms": decode_ms, "params_m": params[name]}
+                    {
+                        "model": name,
+                        "precision": precision,
+                        "side": side,
+                        "encode_ms": encode_ms,
+                        "decode_ms": decode_ms,
+                        "params_m": params[name],
+                    }
                 )
-                print(f"{name} {precision} {side}: {encode_ms:.0f} + {decode_ms:.0f} ms", flush=True)
+                print(
+                    f"{name} {precision} {side}: {encode_ms:.0f} + {decode_ms:.0f} ms", flush=True
+                )
     results["speed"] = rows
 
     print("\n| held-out | images | PSNR dB | min PSNR dB | MS-SSIM |\n|---|---|---|---|---|")
     for kind, q in results["quality"].items():
-        print(f"| {kind} | {q['images']} | {q['psnr']:.2f} | {q['min_psnr']:.2f} | {q['ms_ssim']:.4f} |")
+        print(
+            f"| {kind} | {q['images']} | {q['psnr']:.2f} | {q['min_psnr']:.2f} | {q['ms_ssim']:.4f} |"
+        )
     print("\n| model | params (M) | precision | side | encode ms | decode ms | total ms |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
