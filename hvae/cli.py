@@ -118,19 +118,25 @@ def cmd_train_autoencoder(args) -> int:
     return 0
 
 
-def default_model() -> str:
-    """The bundled scenes pipeline, or $HVAE_MODEL."""
-    return os.environ.get("HVAE_MODEL") or str(
-        Path(__file__).resolve().parents[1] / "checkpoints" / "shapes"
+def bundled_model(folder: str, variable: str) -> str:
+    """The pipeline folder that ``$variable`` names, or the bundled ``checkpoints/<folder>``."""
+    return os.environ.get(variable) or str(
+        Path(__file__).resolve().parents[1] / "checkpoints" / folder
     )
 
 
-def load_pipeline(path: str):
-    from pipelines import HVAEPipeline
+def default_model() -> str:
+    """The bundled scenes pipeline, or $HVAE_MODEL."""
+    return bundled_model("shapes", "HVAE_MODEL")
+
+
+def load_pipeline(path: str, class_name: str = "HVAEPipeline"):
+    """A pipeline folder loaded with ``pipelines.<class_name>``, progress bars off."""
+    import pipelines
 
     if not Path(path).exists():
         raise HVAEError(f"{path}: no such model folder")
-    pipe = HVAEPipeline.from_pretrained(path)
+    pipe = getattr(pipelines, class_name).from_pretrained(path)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -4,28 +4,19 @@ decompress, info and benchmark rd. ``hvae.cli`` registers them with ``add_codec_
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
-from hvae.errors import HVAEError
+from hvae.cli import bundled_model, load_pipeline
 
 
 def default_codec_model() -> str:
     """The bundled photo compression pipeline, or $HVAE_CODEC_MODEL."""
-    return os.environ.get("HVAE_CODEC_MODEL") or str(
-        Path(__file__).resolve().parents[1] / "checkpoints" / "photo"
-    )
+    return bundled_model("photo", "HVAE_CODEC_MODEL")
 
 
 def load_codec(path: str):
-    from pipelines import HVAECompressionPipeline
-
-    if not Path(path).exists():
-        raise HVAEError(f"{path}: no such model folder")
-    pipe = HVAECompressionPipeline.from_pretrained(path)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return load_pipeline(path, "HVAECompressionPipeline")
 
 
 def cmd_prepare_photos(args) -> int:
