@@ -166,7 +166,7 @@ def list_inputs(inputs: list[str]) -> list[InputImage]:
     return found
 
 
-def _load_all(items: list[dict]) -> tuple[dict[tuple[int, int], list], list[dict]]:
+def load_all(items: list[dict]) -> tuple[dict[tuple[int, int], list], list[dict]]:
     """Load items' images grouped by size (a batch holds one size); failures become error results."""
     by_size: dict[tuple[int, int], list] = defaultdict(list)
     errors = []
@@ -246,7 +246,18 @@ class GenerateJob(BatchJob):
         manifest.append({"index": index, "file": name, "image_seed": image_seed(self.seed, index)})
 
 
-class EditJob(BatchJob):
+class PngPerInputJob(BatchJob):
+    """A job that writes one PNG per input, at the input's relative name under ``out_dir``."""
+
+    out_dir: Path
+
+    def record(self, manifest: Manifest, result: dict) -> None:
+        name = f"{result['item']}.png"
+        write_atomically(self.out_dir / name, result["data"])
+        manifest.append({"input": result["item"], "status": "ok", "file": name})
+
+
+class EditJob(PngPerInputJob):
     """Every input image with the same edits applied; the output keeps the input's relative path."""
 
     description = "editing"
@@ -273,7 +284,7 @@ class EditJob(BatchJob):
         ]
 
     def compute(self, pipe, items: list[dict]) -> list[dict]:
-        by_size, results = _load_all(items)
+        by_size, results = load_all(items)
         for group in by_size.values():
             edited = in_micro_batches(
                 [image for _, image in group],
@@ -282,11 +293,6 @@ class EditJob(BatchJob):
             for (item, _), image in zip(group, edited, strict=True):
                 results.append({"item": item["item"], "data": png_bytes(image), "error": None})
         return results
-
-    def record(self, manifest: Manifest, result: dict) -> None:
-        name = f"{result['item']}.png"
-        write_atomically(self.out_dir / name, result["data"])
-        manifest.append({"input": result["item"], "status": "ok", "file": name})
 
 
 class EncodeJob(BatchJob):
@@ -325,7 +331,7 @@ class EncodeJob(BatchJob):
     def compute(self, pipe, items: list[dict]) -> list[dict]:
         from safetensors.torch import save
 
-        by_size, results = _load_all(items)
+        by_size, results = load_all(items)
         for group in by_size.values():
             per_image = in_micro_batches([image for _, image in group], partial(_encode_rows, pipe))
             for (item, _), (tensors, sizes) in zip(group, per_image, strict=True):
@@ -373,7 +379,7 @@ class EncodeJob(BatchJob):
             manifest.append({"input": row["item"], "status": "ok", "shard": name, "row": index})
 
 
-class DecodeJob(BatchJob):
+class DecodeJob(PngPerInputJob):
     """Images from the codes folder that ``EncodeJob`` wrote (its manifest is the index)."""
 
     description = "decoding"
@@ -422,11 +428,6 @@ class DecodeJob(BatchJob):
             for item, image in zip(group, images, strict=True):
                 results.append({"item": item["item"], "data": png_bytes(image), "error": None})
         return results
-
-    def record(self, manifest: Manifest, result: dict) -> None:
-        name = f"{result['item']}.png"
-        write_atomically(self.out_dir / name, result["data"])
-        manifest.append({"input": result["item"], "status": "ok", "file": name})
 
     def _read_shard(self, shard: str) -> tuple[dict, dict]:
         if shard not in self._shards:

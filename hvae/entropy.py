@@ -47,9 +47,8 @@ def symbol_bits(symbols: np.ndarray, indexes: np.ndarray) -> float:
     """-log2 P of ``symbols`` under the coder's own (table-scale) Gaussians, in bits."""
     std = torch.from_numpy(SCALE_TABLE[indexes])
     k = torch.from_numpy(symbols.astype(np.float64))
-    mass = torch.special.ndtr((k.abs() * -1 + 0.5) / std) - torch.special.ndtr(
-        (k.abs() * -1 - 0.5) / std
-    )
+    # Mass of the bin on the tail side, where both CDF values stay small and precise.
+    mass = torch.special.ndtr((0.5 - k.abs()) / std) - torch.special.ndtr((-0.5 - k.abs()) / std)
     return float(-torch.log2(mass.clamp_min(2.0**-24)).sum())
 
 

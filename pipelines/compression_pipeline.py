@@ -27,14 +27,14 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from hvae.autoencoder import FeatureAutoencoder
-from hvae.batch import list_inputs, png_bytes, write_atomically
+from hvae.batch import list_inputs, load_all, png_bytes, write_atomically
 from hvae.codec import ArchiveError, ArchiveReader, ArchiveWriter, DamagedRecord, Record
-from hvae.data.images import load_image, to_pil, to_tensor
+from hvae.data.images import to_pil, to_tensor
 from hvae.entropy import decode_symbols, encode_symbols, pack, symbol_bits
 from hvae.errors import HVAEError
 from hvae.fingerprint import fingerprint
 from hvae.model import HierarchicalVAE
-from pipelines.hvae_pipeline import load_pipeline_folder
+from pipelines.hvae_pipeline import cached_stage1, load_pipeline_folder
 
 # Quantization step of the (unit-variance) stage-1 features for quality 1..8.
 # Chosen so that the levels span about 0.1 to 0.9 bpp on the held-out photos
@@ -109,16 +109,12 @@ class CompressJob:
     pipeline = "HVAECompressionPipeline"
 
     def compute(self, pipe: HVAECompressionPipeline, items: list[dict]) -> list[dict]:
-        results = []
-        for item in items:
-            try:
-                image = load_image(item["path"])
-            except HVAEError as error:
-                results.append({"item": item["item"], "data": None, "error": str(error)})
-                continue
-            payload = pipe.encode_image(image, self.quality)
-            record = Record(item["item"], image.height, image.width, self.quality, payload)
-            results.append({"item": item["item"], "data": record.encode(), "error": None})
+        by_size, results = load_all(items)
+        for group in by_size.values():
+            for item, image in group:
+                payload = pipe.encode_image(image, self.quality)
+                record = Record(item["item"], image.height, image.width, self.quality, payload)
+                results.append({"item": item["item"], "data": record.encode(), "error": None})
         return results
 
 
@@ -143,10 +139,7 @@ class HVAECompressionPipeline(DiffusionPipeline):
 
     @property
     def stage1(self) -> FeatureAutoencoder:
-        cached = getattr(self, "_stage1", None)
-        if cached is None or cached.model is not self.autoencoder:
-            cached = self._stage1 = FeatureAutoencoder(self.autoencoder, batch_size=1)
-        return cached
+        return cached_stage1(self)
 
     def fingerprint(self) -> str:
         return fingerprint(self.autoencoder, self.hvae)

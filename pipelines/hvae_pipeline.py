@@ -53,6 +53,15 @@ def load_pipeline_folder(load, pretrained_model_name_or_path, **kwargs):
         ) from None
 
 
+def cached_stage1(pipe) -> FeatureAutoencoder:
+    """The pipeline's ``FeatureAutoencoder``, one per autoencoder: building it anew on every
+    call would re-probe the stride (a forward pass) for classes that do not declare it."""
+    cached = getattr(pipe, "_stage1", None)
+    if cached is None or cached.model is not pipe.autoencoder:
+        cached = pipe._stage1 = FeatureAutoencoder(pipe.autoencoder)
+    return cached
+
+
 def image_seed(seed: int, index: int) -> int:
     """Seed of image ``index`` in a run started with ``seed``: independent of batching."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
@@ -119,12 +128,7 @@ class HVAEPipeline(DiffusionPipeline):
     # ------------------------------------------------------------ helpers
     @property
     def stage1(self) -> FeatureAutoencoder:
-        # One wrapper per autoencoder: building it anew on every call would re-probe
-        # the stride (a forward pass) for classes that do not declare it.
-        cached = getattr(self, "_stage1", None)
-        if cached is None or cached.model is not self.autoencoder:
-            cached = self._stage1 = FeatureAutoencoder(self.autoencoder)
-        return cached
+        return cached_stage1(self)
 
     def fingerprint(self) -> str:
         """Hash of both models' configs and weights: identifies the exact model that made an output."""
