@@ -46,6 +46,21 @@ def pillow_codec(name: str, image: Image.Image, quality: int) -> tuple[bytes, fl
     return buffer.getvalue(), time.perf_counter() - start
 
 
+def jpeg_within(image: Image.Image, max_bytes: int) -> tuple[int, bytes]:
+    """The best JPEG quality whose file fits in ``max_bytes`` (quality 1 if none does), and its
+    bytes: JPEG at the same file size as another codec's output."""
+    low, high = 1, 95
+    best = (1, pillow_codec("JPEG", image, 1)[0])
+    while low <= high:  # JPEG size grows with quality, so bisect
+        middle = (low + high) // 2
+        data = pillow_codec("JPEG", image, middle)[0]
+        if len(data) <= max_bytes:
+            best, low = (middle, data), middle + 1
+        else:
+            high = middle - 1
+    return best
+
+
 def _decode_pillow(data: bytes) -> tuple[Image.Image, float]:
     start = time.perf_counter()
     with Image.open(io.BytesIO(data)) as opened:

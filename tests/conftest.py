@@ -7,8 +7,9 @@ import torch
 
 from hvae.model import HierarchicalVAE
 from hvae.patch_autoencoder import PatchAutoencoder
+from hvae.train_codec import make_codec_model
 from hvae.train_hvae import PRESETS
-from pipelines import HVAEPipeline
+from pipelines import HVAECompressionPipeline, HVAEPipeline
 
 torch.set_num_threads(2)
 
@@ -21,6 +22,16 @@ def tiny_hvae(**overrides) -> HierarchicalVAE:
 def tiny_autoencoder() -> PatchAutoencoder:
     torch.manual_seed(0)
     return PatchAutoencoder(latent_channels=4, block_out_channels=(8, 16), patch_size=2).eval()
+
+
+def tiny_codec(seed=0) -> HVAECompressionPipeline:
+    torch.manual_seed(seed)
+    autoencoder = PatchAutoencoder(latent_channels=4, block_out_channels=(8, 16), patch_size=4)
+    pipe = HVAECompressionPipeline(
+        autoencoder=autoencoder.eval(), hvae=make_codec_model("tiny", 4).eval()
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 @pytest.fixture

@@ -172,7 +172,7 @@ def test_ray_runs_are_byte_identical_to_local_runs(
         assert run("decode", where / "codes", "-o", where / "decoded", *model) == 0
     assert pngs(local / "decoded") == pngs(remote / "decoded")
 
-    from tests.test_codec import tiny_codec
+    from tests.conftest import tiny_codec
 
     codec = tmp_path / "codec"
     tiny_codec().save_pretrained(codec)

@@ -139,7 +139,7 @@ def test_generate_is_identical_across_batch_sizes(tiny_pipeline_dir, tmp_path):
 
 
 def test_demo_writes_its_pictures_and_a_photo_archive(tiny_pipeline_dir, tmp_path, capsys):
-    from tests.test_codec import tiny_codec
+    from tests.conftest import tiny_codec
 
     codec = tmp_path / "codec"
     tiny_codec().save_pretrained(codec)

@@ -10,20 +10,9 @@ from hvae.codec import ArchiveReader
 from hvae.data.shapes import ShapesDataset
 from hvae.entropy import decode_symbols, encode_symbols, pack
 from hvae.errors import HVAEError
-from hvae.patch_autoencoder import PatchAutoencoder
 from hvae.train_codec import make_codec_model
 from pipelines import HVAECompressionPipeline, HVAEPipeline
-from tests.conftest import tiny_autoencoder, tiny_hvae
-
-
-def tiny_codec(seed=0) -> HVAECompressionPipeline:
-    torch.manual_seed(seed)
-    autoencoder = PatchAutoencoder(latent_channels=4, block_out_channels=(8, 16), patch_size=4)
-    pipe = HVAECompressionPipeline(
-        autoencoder=autoencoder.eval(), hvae=make_codec_model("tiny", 4).eval()
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+from tests.conftest import tiny_autoencoder, tiny_codec, tiny_hvae
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,13 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def client(tiny_pipeline_dir):
+def client(tiny_pipeline_dir, tmp_path):
+    from tests.conftest import tiny_codec
     from ui.app import MAX_SLIDERS, build_app
 
-    app = build_app({"tiny": str(tiny_pipeline_dir)})
+    codec_dir = tmp_path / "codec"
+    tiny_codec().save_pretrained(codec_dir)
+    app = build_app({"tiny": str(tiny_pipeline_dir), "codec": str(codec_dir)})
     port = free_port()
     app.launch(
         prevent_thread_lock=True,
@@ -40,9 +43,15 @@ def test_every_endpoint_answers(client, tmp_path):
     from PIL import Image
 
     client, sliders = client
-    assert {"/encode", "/edit", "/reset", "/switch", "/generate"} <= set(
-        client.view_api(return_format="dict")["named_endpoints"]
-    )
+    assert {
+        "/encode",
+        "/edit",
+        "/reset",
+        "/switch",
+        "/generate",
+        "/compress",
+        "/decompress",
+    } <= set(client.view_api(return_format="dict")["named_endpoints"])
     scene = tmp_path / "scene.png"
     ShapesDataset(1, seed=3, size=64)[0][0].save(scene)
 
@@ -77,3 +86,76 @@ def test_bad_uploads_get_readable_messages(client, tmp_path):
         client.predict("tiny", gradio_client.handle_file(str(text)), api_name="/encode")
     with pytest.raises(Exception, match="upload an image first"):
         client.predict("tiny", *[1.0] * 16, api_name="/edit")
+
+
+def test_compress_gives_an_archive_and_a_table_and_decompress_gives_the_images(client, tmp_path):
+    from PIL import Image
+
+    from hvae.codec import ArchiveReader
+    from ui.app import COMPRESS_COLUMNS
+
+    client, _ = client
+    dataset = ShapesDataset(2, seed=4, size=176)
+    paths = []
+    for i, size in enumerate([(176, 176), (100, 72)]):
+        path = tmp_path / f"photo{i}.png"
+        dataset[i][0].resize(size).save(path)
+        paths.append(path)
+    archive, table, gallery = client.predict(
+        [gradio_client.handle_file(str(p)) for p in paths], 3, api_name="/compress"
+    )
+    reader = ArchiveReader(archive)
+    records = [record for _, record in reader.records()]
+    assert [r.name for r in records] == ["photo0", "photo1"]
+    assert [(r.width, r.height) for r in records] == [(176, 176), (100, 72)]
+    assert table["headers"] == COMPRESS_COLUMNS
+    rows = {row[0]: dict(zip(COMPRESS_COLUMNS, row, strict=True)) for row in table["data"]}
+    for record in records:
+        row = rows[record.name]
+        assert row["bytes"] == len(record.payload)
+        assert row["bpp"] == pytest.approx(
+            8 * len(record.payload) / (record.width * record.height), 1e-3
+        )
+        # JPEG at the same size: never larger than ours unless even quality 1 is larger.
+        assert row["JPEG bytes"] <= row["bytes"] or row["JPEG quality"] == 1
+        assert 0 < row["PSNR (dB)"] < 100 and 0 < row["JPEG PSNR (dB)"] < 100
+    assert 0 < rows["photo0"]["MS-SSIM"] <= 1
+    assert rows["photo1"]["MS-SSIM"] is None  # under 161 pixels: MS-SSIM is undefined
+    assert len(gallery) == 2
+
+    decoded, zipped = client.predict(gradio_client.handle_file(archive), api_name="/decompress")
+    assert [Image.open(item["image"]).size for item in decoded] == [(176, 176), (100, 72)]
+    # What decompress shows is exactly what compress showed (the same decoder, bit for bit).
+    for before, after in zip(gallery, decoded, strict=True):
+        assert Image.open(before["image"]).tobytes() == Image.open(after["image"]).tobytes()
+    with zipfile.ZipFile(zipped) as names:
+        assert sorted(names.namelist()) == ["photo0.png", "photo1.png"]
+
+    # A damaged record costs only itself: the other image still comes back.
+    data = bytearray(reader.data)
+    at = data.find(records[1].payload) + len(records[1].payload) // 2
+    data[at] ^= 0xFF
+    damaged = tmp_path / "damaged.hvz"
+    damaged.write_bytes(bytes(data))
+    decoded, _ = client.predict(gradio_client.handle_file(str(damaged)), api_name="/decompress")
+    assert [Image.open(item["image"]).size for item in decoded] == [(176, 176)]
+
+
+def test_codec_errors_are_readable(client, tmp_path):
+    client, sliders = client
+    not_archive = tmp_path / "notes.hvz"
+    not_archive.write_bytes(b"just some text, not an archive")
+    with pytest.raises(Exception, match="not an .hvz"):
+        client.predict(gradio_client.handle_file(str(not_archive)), api_name="/decompress")
+    with pytest.raises(Exception, match="upload one or more images"):
+        client.predict([], 4, api_name="/compress")
+    text = tmp_path / "text.png"
+    text.write_text("not an image")
+    with pytest.raises(Exception, match="text.png: not an image"):
+        client.predict([gradio_client.handle_file(str(text))], 4, api_name="/compress")
+    scene = tmp_path / "scene.png"
+    ShapesDataset(1, seed=3, size=64)[0][0].save(scene)
+    with pytest.raises(Exception, match="'codec' is a codec"):
+        client.predict("codec", gradio_client.handle_file(str(scene)), api_name="/encode")
+    switched = client.predict("codec", api_name="/switch")
+    assert len(switched) == 2 + sliders  # before, after, then every slider (all hidden now)

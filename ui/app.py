@@ -1,16 +1,20 @@
-"""Gradio editor for the bundled pipelines: an Edit tab with one slider per direction, and a Generate tab.
+"""Gradio app for the bundled pipelines: Edit (one slider per direction), Generate and Compress tabs.
 
 Run it with ``hvae ui`` (or ``python -m ui.app``). Every pipeline is loaded once
-per server. An upload is encoded once; its codes stay in the session's
-``gr.State``, so a slider release runs only the decode path. The app reads no
-server path a user names: images arrive as uploads that Gradio stores itself,
-and pass through the same checked loader as the CLI (pixel limit, readable
-errors). The queue runs two events at a time.
+per server, with the class its folder names (an editing ``HVAEPipeline`` or an
+``HVAECompressionPipeline`` codec). An upload is encoded once; its codes stay in
+the session's ``gr.State``, so a slider release runs only the decode path. The
+app reads no server path a user names: files arrive as uploads that Gradio
+stores itself, and pass through the same checked loaders as the CLI (pixel
+limit, readable errors). The queue runs two events at a time, and one
+compression at a time.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import tempfile
 import zipfile
 from functools import lru_cache
@@ -19,13 +23,34 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from hvae.data.images import load_image
+from hvae.codec import ArchiveError, ArchiveWriter, DamagedRecord, Record
+from hvae.data.images import load_image, to_tensor
 from hvae.errors import HVAEError
+from pipelines.compression_pipeline import DEFAULT_QUALITY, QUALITY_STEPS
 
 MAX_SLIDERS = 16
 UPLOAD_MAX_PIXELS = 16_000_000  # a UI upload larger than this is refused before decoding
 CONCURRENCY = 2  # two CPU-bound events at a time; more only slows each down on a small CPU
 MAX_GENERATE = 32
+# Compression runs the codec at about 0.3 s per 256x256 image on 2 cores: one request
+# may hold at most this many pixels, so nobody waits minutes behind another user.
+COMPRESS_MAX_PIXELS = 8_000_000
+MAX_COMPRESS_FILES = 32
+MAX_ARCHIVE_BYTES = 64 * 2**20
+CODEC_CLASS = "HVAECompressionPipeline"
+COMPRESS_COLUMNS = [
+    "image",
+    "size",
+    "bytes",
+    "bpp",
+    "PSNR (dB)",
+    "MS-SSIM",
+    "JPEG quality",
+    "JPEG bytes",
+    "JPEG bpp",
+    "JPEG PSNR (dB)",
+    "JPEG MS-SSIM",
+]
 
 
 def bundled_models() -> dict[str, str]:
@@ -34,17 +59,59 @@ def bundled_models() -> dict[str, str]:
     return {name: str(path) for name, path in names.items() if (path / "model_index.json").exists()}
 
 
+def pipeline_class(path: str) -> str:
+    """The pipeline class a folder's ``model_index.json`` names."""
+    index = Path(path) / "model_index.json"
+    try:
+        return json.loads(index.read_text())["_class_name"]
+    except (OSError, ValueError, KeyError):
+        raise HVAEError(f"{path}: not a pipeline folder (no readable model_index.json)") from None
+
+
 @lru_cache(maxsize=4)
 def pipeline(path: str):
-    from pipelines import HVAEPipeline
+    from hvae.cli import load_pipeline
 
-    pipe = HVAEPipeline.from_pretrained(path)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return load_pipeline(path, pipeline_class(path))
 
 
-def slider_updates(pipe) -> list:
-    names = pipe.directions[:MAX_SLIDERS]
+def editor(models: dict[str, str], model: str):
+    """The selected pipeline if it can edit and sample; a codec cannot, and says so."""
+    if pipeline_class(models[model]) == CODEC_CLASS:
+        raise gr.Error(
+            f"'{model}' is a codec: it compresses (Compress tab) but has no directions or "
+            "sampler; pick an editing pipeline"
+        )
+    return pipeline(models[model])
+
+
+def codec_name(models: dict[str, str]) -> str | None:
+    """The first codec among the served pipelines: the Compress tab's model."""
+    return next(
+        (name for name, path in models.items() if pipeline_class(path) == CODEC_CLASS), None
+    )
+
+
+def _readable(error: Exception) -> str:
+    # Messages name Gradio's temporary copy of an upload; say what is wrong, not where it lies.
+    return str(error).split(": ", 1)[-1]
+
+
+def zip_images(images: list[Image.Image], names: list[str], archive_name: str) -> str:
+    """PNGs of ``images`` in a fresh temporary folder, zipped; returns the zip's path."""
+    folder = Path(tempfile.mkdtemp(prefix="hvae-ui-"))
+    archive = folder / archive_name
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for image, name in zip(images, names, strict=True):
+            path = folder / f"{name}.png"
+            image.save(path)
+            zipped.write(path, path.name)
+    return str(archive)
+
+
+def slider_updates(models: dict[str, str], model: str) -> list:
+    is_codec = pipeline_class(models[model]) == CODEC_CLASS
+    names = [] if is_codec else pipeline(models[model]).directions[:MAX_SLIDERS]
     updates = [gr.update(visible=True, label=name, value=0.0) for name in names]
     return updates + [gr.update(visible=False, value=0.0)] * (MAX_SLIDERS - len(names))
 
@@ -56,9 +123,8 @@ def encode_upload(models: dict[str, str], model: str, path: str | None):
     try:
         image = load_image(path, max_pixels=UPLOAD_MAX_PIXELS)
     except HVAEError as error:
-        # The message names Gradio's temporary copy; say what is wrong, not where it lies.
-        raise gr.Error(str(error).split(": ", 1)[-1]) from None
-    pipe = pipeline(models[model])
+        raise gr.Error(_readable(error)) from None
+    pipe = editor(models, model)
     try:
         codes = pipe.encode([image])
     except HVAEError as error:
@@ -69,7 +135,7 @@ def encode_upload(models: dict[str, str], model: str, path: str | None):
 def apply_edits(models: dict[str, str], model: str, codes, *strengths: float) -> Image.Image:
     if codes is None:
         raise gr.Error("upload an image first")
-    pipe = pipeline(models[model])
+    pipe = editor(models, model)
     edits = {
         name: float(s)
         for name, s in zip(pipe.directions[:MAX_SLIDERS], strengths, strict=False)
@@ -82,15 +148,130 @@ def generate(models: dict[str, str], model: str, seed: float, temperature: float
     count = int(count)
     if not 1 <= count <= MAX_GENERATE:
         raise gr.Error(f"count must be between 1 and {MAX_GENERATE}")
-    images = pipeline(models[model]).sample(count, temperature=float(temperature), seed=int(seed))
-    folder = Path(tempfile.mkdtemp(prefix="hvae-generate-"))
-    archive = folder / f"samples_seed{int(seed)}_t{float(temperature):g}.zip"
-    with zipfile.ZipFile(archive, "w") as zipped:
-        for i, image in enumerate(images):
-            path = folder / f"sample_{i:03d}.png"
-            image.save(path)
-            zipped.write(path, path.name)
-    return images, str(archive)
+    images = editor(models, model).sample(count, temperature=float(temperature), seed=int(seed))
+    names = [f"sample_{i:03d}" for i in range(len(images))]
+    return images, zip_images(images, names, f"samples_seed{int(seed)}_t{float(temperature):g}.zip")
+
+
+def _codec(models: dict[str, str]):
+    name = codec_name(models)
+    if name is None:
+        raise gr.Error("no codec is served: start the app with a compression pipeline")
+    return pipeline(models[name])
+
+
+def _unique_stems(paths: list[str]) -> list[str]:
+    names, seen = [], set()
+    for path in paths:
+        stem, n = Path(path).stem or "image", 1
+        name = stem
+        while name in seen:
+            n += 1
+            name = f"{stem}-{n}"
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+def _scores(original: Image.Image, decoded: Image.Image) -> tuple[float, float | None]:
+    from hvae.metrics import ms_ssim, psnr
+
+    a, b = to_tensor([decoded]), to_tensor([original])
+    small = min(original.size) < 161  # MS-SSIM's five scales need 161 pixels
+    return float(psnr(a, b)[0]), None if small else float(ms_ssim(a, b)[0])
+
+
+def compress_uploads(models: dict[str, str], paths: list[str] | None, quality: float):
+    """Uploads -> (path of the .hvz, rows of the per-image table, the decoded images)."""
+    from hvae.rd_benchmark import jpeg_within
+
+    if not paths:
+        raise gr.Error("upload one or more images first")
+    if len(paths) > MAX_COMPRESS_FILES:
+        raise gr.Error(f"at most {MAX_COMPRESS_FILES} images at a time, got {len(paths)}")
+    pipe = _codec(models)
+    images = []
+    for path in paths:
+        try:
+            images.append(load_image(path, max_pixels=UPLOAD_MAX_PIXELS))
+        except HVAEError as error:
+            raise gr.Error(f"{Path(path).name}: {_readable(error)}") from None
+    total = sum(image.width * image.height for image in images)
+    if total > COMPRESS_MAX_PIXELS:
+        raise gr.Error(
+            f"these images hold {total / 1e6:.1f} MP; one request may hold {COMPRESS_MAX_PIXELS / 1e6:g} MP"
+        )
+    quality = int(quality)
+    names = _unique_stems(paths)
+    folder = Path(tempfile.mkdtemp(prefix="hvae-compress-"))
+    archive = folder / ("images.hvz" if len(names) > 1 else f"{names[0]}.hvz")
+    rows, decoded_images = [], []
+    try:
+        with ArchiveWriter(archive, pipe.fingerprint()) as writer:
+            for name, image in zip(names, images, strict=True):
+                payload = pipe.encode_image(image, quality)
+                writer.add(Record(name, image.height, image.width, quality, payload))
+                decoded = pipe.decode_image(payload, (image.height, image.width))
+                decoded_images.append((decoded, name))
+                jpeg_quality, jpeg = jpeg_within(image, len(payload))
+                with Image.open(io.BytesIO(jpeg)) as opened:
+                    jpeg_image = opened.convert("RGB")
+                ours, theirs = _scores(image, decoded), _scores(image, jpeg_image)
+                pixels = image.width * image.height
+                rows.append(
+                    [
+                        name,
+                        f"{image.width}x{image.height}",
+                        len(payload),
+                        round(8 * len(payload) / pixels, 4),
+                        round(ours[0], 2),
+                        None if ours[1] is None else round(ours[1], 4),
+                        jpeg_quality,
+                        len(jpeg),
+                        round(8 * len(jpeg) / pixels, 4),
+                        round(theirs[0], 2),
+                        None if theirs[1] is None else round(theirs[1], 4),
+                    ]
+                )
+    except HVAEError as error:
+        raise gr.Error(_readable(error)) from None
+    return str(archive), rows, decoded_images
+
+
+def decompress_upload(models: dict[str, str], path: str | None):
+    """An uploaded .hvz -> (decoded images with their names, a zip of them as PNGs)."""
+    if not path:
+        raise gr.Error("upload a .hvz archive first")
+    if Path(path).stat().st_size > MAX_ARCHIVE_BYTES:
+        raise gr.Error(f"archives over {MAX_ARCHIVE_BYTES // 2**20} MB are refused")
+    pipe = _codec(models)
+    try:
+        reader = pipe.open_archive(path)
+        entries = list(reader.records())
+    except ArchiveError as error:
+        raise gr.Error(_readable(error)) from None
+    gallery, damaged = [], []
+    for _, record in entries:
+        if isinstance(record, DamagedRecord):
+            damaged.append(str(record))
+            continue
+        if record.height * record.width > UPLOAD_MAX_PIXELS:
+            # The size is the archive's claim: refuse it before allocating anything.
+            damaged.append(f"{record.name}: {record.width}x{record.height} is over the pixel limit")
+            continue
+        try:
+            gallery.append(
+                (pipe.decode_image(record.payload, (record.height, record.width)), record.name)
+            )
+        except DamagedRecord as error:
+            damaged.append(f"{record.name}: {error}")
+    if damaged:
+        gr.Warning(f"{len(damaged)} record(s) could not be decoded: " + "; ".join(damaged[:3]))
+    if not gallery:
+        raise gr.Error("no image in this archive could be decoded")
+    images, names = zip(*gallery, strict=True)
+    stems = _unique_stems(list(names))
+    return list(gallery), zip_images(list(images), stems, "decoded.zip")
 
 
 def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
@@ -98,10 +279,15 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
     if not models:
         raise HVAEError("no pipeline to serve: checkpoints/ has none and --model gave none")
     first = next(iter(models))
-    directions = pipeline(models[first]).directions[:MAX_SLIDERS]
+    is_codec = pipeline_class(models[first]) == CODEC_CLASS
+    directions = [] if is_codec else pipeline(models[first]).directions[:MAX_SLIDERS]
+    codec = codec_name(models)
 
     with gr.Blocks(title="hvae editor") as app:
-        gr.Markdown("# Hierarchical-VAE editor\nUpload an image, then move the sliders.")
+        gr.Markdown(
+            "# Hierarchical-VAE editor and codec\nEdit: upload an image, then move the sliders. "
+            "Compress: upload images, get a `.hvz` archive and a comparison with JPEG."
+        )
         model = gr.Dropdown(list(models), value=first, label="pipeline")
         with gr.Tab("Edit"):
             codes = gr.State(None)
@@ -136,6 +322,44 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
             run = gr.Button("generate")
             gallery = gr.Gallery(label="samples", columns=8)
             archive = gr.File(label="download all (zip)")
+        with gr.Tab("Compress"):
+            gr.Markdown(
+                f"Codec: **{codec}**. Each image is entropy-coded under the hierarchical VAE; "
+                "the table sets it beside JPEG at the same file size or just under it."
+                if codec
+                else "No codec is served: start the app with a compression pipeline."
+            )
+            with gr.Row():
+                to_compress = gr.File(
+                    label="images to compress",
+                    file_count="multiple",
+                    file_types=["image"],
+                    type="filepath",
+                    elem_id="compress-upload",
+                )
+                with gr.Column():
+                    quality = gr.Slider(
+                        1,
+                        len(QUALITY_STEPS),
+                        value=DEFAULT_QUALITY,
+                        step=1,
+                        label=f"quality (1: smallest files, {len(QUALITY_STEPS)}: best)",
+                    )
+                    compress = gr.Button("compress", elem_id="compress")
+                    hvz = gr.File(label="archive (.hvz)", elem_id="hvz")
+            table = gr.Dataframe(
+                headers=COMPRESS_COLUMNS,
+                label="per image: ours against JPEG at the same size",
+                elem_id="compress-table",
+            )
+            compressed = gr.Gallery(label="decoded from the archive", columns=6)
+            gr.Markdown("### Decompress")
+            with gr.Row():
+                to_decompress = gr.File(
+                    label=".hvz archive", file_types=[".hvz"], type="filepath", elem_id="hvz-upload"
+                )
+                decoded_zip = gr.File(label="decoded images (zip)")
+            decoded = gr.Gallery(label="decoded images", columns=6, elem_id="decoded")
 
         def on_upload(name, path):
             state, original, decoded = encode_upload(models, name, path)
@@ -163,7 +387,7 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
             api_name="reset",
         )
         model.change(
-            lambda name: [None, None, None] + slider_updates(pipeline(models[name])),
+            lambda name: [None, None, None] + slider_updates(models, name),
             [model],
             [codes, before, after, *sliders],
             api_name="switch",
@@ -173,6 +397,23 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
             [model, seed, temperature, count],
             [gallery, archive],
             api_name="generate",
+        )
+        # Compression is the heaviest event: one at a time, so slider edits keep a core.
+        compress.click(
+            lambda paths, q: compress_uploads(models, paths, q),
+            [to_compress, quality],
+            [hvz, table, compressed],
+            api_name="compress",
+            concurrency_limit=1,
+            concurrency_id="codec",
+        )
+        to_decompress.upload(
+            lambda path: decompress_upload(models, path),
+            [to_decompress],
+            [decoded, decoded_zip],
+            api_name="decompress",
+            concurrency_limit=1,
+            concurrency_id="codec",
         )
     app.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
     return app
