@@ -171,6 +171,8 @@ def cmd_train(args) -> int:
         free_bits=args.free_bits,
         kl_weight=args.kl_weight,
         global_free_bits=args.global_free_bits,
+        global_only_rate=args.global_only_rate,
+        crop_scales=tuple(args.crop_scales) if args.crop_scales else None,
         cache_dir=args.cache_dir,
         resume=not args.no_resume,
     )
@@ -298,6 +300,9 @@ def cmd_directions_fit(args) -> int:
                 source = "folders"
             elif args.auto:
                 labels, source = directions.auto_labels(images), "auto"
+    if args.max_side:
+        for image in images:
+            image.thumbnail((args.max_side, args.max_side))
     if args.pca is not None:
         fits = directions.fit_pca(pipe, images, args.pca)
         print(
@@ -307,10 +312,11 @@ def cmd_directions_fit(args) -> int:
             )
         )
     else:
-        fits = directions.fit_directions(pipe, images, labels, source)
+        fits = directions.fit_directions(pipe, images, labels, source, args.all_groups)
+        where = "every group's latents" if args.all_groups else "the global latents"
         print(
             "\n".join(
-                f"{name}: R² {r2:.3f} (linear fit of the attribute on the global latents)"
+                f"{name}: R² {r2:.3f} (the attribute as the field reads it from {where})"
                 for name, r2 in fits.items()
             )
         )
@@ -441,6 +447,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--scenes", type=_positive_int, default=12000, help="number of scenes for --data shapes"
     )
     p.add_argument(
+        "--crop-scales",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="S",
+        help="for a folder of large photos: train on random --image-size crops of every image "
+        "downscaled by each S (e.g. 0.5 0.25 0.125), instead of one centre square per image",
+    )
+    p.add_argument(
         "--kl-warmup",
         type=int,
         default=500,
@@ -463,6 +478,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="free nats per dimension for the global (1x1) group only; a floor such as 1.0 keeps "
         "scene-level content in the global group that sampling and editing rely on "
         "(default: same as --free-bits)",
+    )
+    p.add_argument(
+        "--global-only-rate",
+        type=float,
+        default=0.0,
+        help="fraction of training images decoded from the global group alone (spatial groups at "
+        "their prior mean); 0.25 or so makes the global group carry colours, shape and pose, "
+        "which editing needs, at some cost in code length (default: 0)",
     )
     _add_training_args(p, steps=3000, batch_size=32, lr=2e-3)
     p.set_defaults(func=cmd_train)
@@ -563,7 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = directions_sub.add_parser(
         "fit",
         help="fit directions from labels, folder names, image statistics, PCA or the scenes' factors",
-        description="Fit directions in the global latent group. Strength 1 moves the attribute by about one "
+        description="Fit attribute directions: a small field that reads the attributes from the latents and "
+        "writes their change back, over the global group (any image size) or, with --all-groups, over every "
+        "group (images of the fitting size). Strength 1 moves the attribute by about one "
         "standard deviation over the fitting images. Sources: --labels CSV (a header row, first column the file "
         "name; CelebA's list_attr_celeba.txt works as is), --folders (one binary attribute per sub-folder), "
         "--auto (brightness, saturation, warmth, contrast, sharpness computed from the pixels), --pca K "
@@ -581,15 +606,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--scenes", type=_positive_int, metavar="N", help="N rendered scenes with true factors"
     )
     q.add_argument("--seed", type=int, default=2, help="seed of the --scenes (default: 2)")
+    q.add_argument(
+        "--max-side",
+        type=_positive_int,
+        metavar="PX",
+        help="shrink larger images to this many pixels on their longer side before fitting "
+        "(fit at the size you will edit at; large photos are also slow to encode)",
+    )
+    q.add_argument(
+        "--all-groups",
+        action="store_true",
+        help="fit over every latent group, not just the global one: edits what only the spatial "
+        "groups hold (layout, size, shape), for images of the size fitted on",
+    )
     q.add_argument("-o", "--out", help="write a new pipeline folder instead of updating --model")
     q.set_defaults(func=cmd_directions_fit)
 
     p = sub.add_parser(
         "ui",
-        help="serve the Gradio editor (edit with sliders, generate)",
+        help="serve the Gradio app (edit with sliders, generate, compress)",
         description="Serve ui/app.py: an Edit tab (upload an image, one slider per direction; the image is "
-        "encoded once and each slider release only decodes) and a Generate tab (seed, temperature, count, "
-        "gallery, zip download). Needs pip install -e '.[ui]'. Works offline on the bundled pipelines.",
+        "encoded once and each slider release only decodes), a Generate tab (seed, temperature, count, "
+        "gallery, zip download) and a Compress tab (images -> .hvz with a per-image table against JPEG at "
+        "the same size; .hvz -> gallery). Needs pip install -e '.[ui]'. Works offline on the bundled pipelines.",
     )
     p.add_argument(
         "--model",

@@ -5,9 +5,8 @@ moves its attribute by about one standard deviation of the attribute over the
 images it was fitted on:
 
 - labelled attributes (a CSV, CelebA's ``list_attr_celeba.txt``, folder names,
-  or the scenes' true factors): a ridge regression of the attribute on the
-  global posterior means gives w; the direction is ``sd(y) * w / |w|^2``, the
-  shortest step that moves the regression's prediction by one sd;
+  or the scenes' true factors): the mean change of the global posterior means
+  per sd of the attribute, ``Cov(z, y) / sd(y)``;
 - ``auto``: the same, with labels computed from the pixels (brightness,
   saturation, warmth, contrast, sharpness), so any unlabelled collection gets
   sliders;
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from hvae.errors import HVAEError
 
@@ -152,8 +152,13 @@ def fit_label_direction(
 ) -> tuple[torch.Tensor, float]:
     """(direction, R^2) for one attribute; ``latents`` are (N, C) global posterior means.
 
-    Adding the direction once moves the ridge regression's prediction of the
-    attribute by one standard deviation of ``values``.
+    The direction is the change of the mean latent per standard deviation of the
+    attribute, ``Cov(z, y) / sd(y)``: the displacement the data itself shows
+    between images one sd apart. It lies where the latents vary, so the decoder
+    responds to it. (The shortest step that moves a regression's prediction by
+    one sd does not: with correlated latents it is tiny and points where the
+    data never goes, and decoding ignores it.) R^2 is that of a ridge regression
+    of the attribute on the latents: how much of the attribute the group holds.
     """
     x = latents.double()
     y = torch.as_tensor(values, dtype=torch.float64)
@@ -162,7 +167,8 @@ def fit_label_direction(
     w = torch.linalg.solve(gram, xc.T @ yc)
     residual = yc - xc @ w
     r2 = float(1 - residual.pow(2).sum() / yc.pow(2).sum())
-    direction = float(yc.std()) * w / w.pow(2).sum()
+    covariance = xc.T @ yc / (len(x) - 1)
+    direction = covariance / yc.std()
     return direction.float(), r2
 
 
@@ -183,6 +189,110 @@ def fit_pca_directions(latents: torch.Tensor, k: int) -> list[tuple[torch.Tensor
     return axes
 
 
+class DirectionField(nn.Module):
+    """Attribute edits that follow the latent space's curves: ``z -> z + write(y + s) - write(y)``.
+
+    ``z`` is the latents of ``groups`` (the global group alone, or every group),
+    flattened and reduced to their top principal components. ``read`` maps them to
+    the image's attributes (in sd units); ``write`` maps attributes to the mean
+    latents of images that have them. An edit reads the attributes, moves the
+    chosen ones by their strengths and adds the change ``write`` predicts, so
+    every other attribute fitted with the field is held where it was. Unlike a
+    fixed vector this can bend: a hue that goes round the colour circle is a
+    curve in latent space, not a line.
+
+    A global field applies to images of any size. A field over every group holds
+    the spatial layout too (where the floor is, how tall the object stands), so
+    it edits what the global group alone cannot; it needs codes of the feature
+    size it was fitted on.
+    """
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        dim: int,
+        components: int,
+        groups: Sequence[int] = (0,),
+        hidden: int = 128,
+    ):
+        super().__init__()
+        self.names, self.groups = list(names), list(groups)
+        k = len(self.names)
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("basis", torch.zeros(dim, components))  # principal axes
+        self.read = nn.Sequential(nn.Linear(components, hidden), nn.GELU(), nn.Linear(hidden, k))
+        self.write = nn.Sequential(nn.Linear(k, hidden), nn.GELU(), nn.Linear(hidden, components))
+
+    @property
+    def dim(self) -> int:
+        return self.basis.shape[0]
+
+    def coordinates(self, latents: torch.Tensor) -> torch.Tensor:
+        return (latents.float() - self.mean) @ self.basis
+
+    @torch.no_grad()
+    def shift(self, latents: torch.Tensor, strengths: torch.Tensor) -> torch.Tensor:
+        """(N, dim) flattened latents moved by ``strengths`` (K,) sds of each attribute."""
+        attributes = self.read(self.coordinates(latents))
+        moved = self.write(attributes + strengths.to(attributes)) - self.write(attributes)
+        return (latents.float() + moved @ self.basis.T).to(latents.dtype)
+
+    @classmethod
+    def fit(
+        cls,
+        latents: torch.Tensor,
+        labels: dict[str, np.ndarray],
+        groups: Sequence[int] = (0,),
+        components: int = 256,
+        steps: int = 3000,
+        seed: int = 0,
+    ) -> tuple[DirectionField, dict[str, float]]:
+        """Fit both maps on (N, dim) flattened latents and their labels; returns the field
+        and each attribute's R^2 as ``read`` predicts it on the fitting set."""
+        torch.manual_seed(seed)
+        names = list(labels)
+        y = torch.tensor(np.stack([labels[n] for n in names], 1), dtype=torch.float32)
+        y = (y - y.mean(0)) / y.std(0)
+        z = latents.float()
+        components = min(components, z.shape[1], len(z) - 1)
+        field = cls(names, z.shape[1], components, groups)
+        field.mean.copy_(z.mean(0))
+        _, _, vt = torch.linalg.svd(z - field.mean, full_matrices=False)
+        field.basis.copy_(vt[:components].T)
+        coords = field.coordinates(z)
+        optimizer = torch.optim.Adam(
+            [*field.read.parameters(), *field.write.parameters()], lr=3e-3, weight_decay=1e-4
+        )
+        with torch.enable_grad():
+            for _ in range(steps):
+                optimizer.zero_grad()
+                loss = (field.read(coords) - y).pow(2).mean() + (field.write(y) - coords).pow(
+                    2
+                ).mean()
+                loss.backward()
+                optimizer.step()
+        field.eval()
+        with torch.no_grad():
+            residual = (field.read(coords) - y).pow(2).mean(0)
+        return field, {n: float(1 - r) for n, r in zip(names, residual, strict=True)}
+
+
+def flatten_groups(latents: Sequence[torch.Tensor], groups: Sequence[int]) -> torch.Tensor:
+    """(N, dim): the latents of ``groups``, flattened and concatenated."""
+    return torch.cat([latents[g].flatten(1) for g in groups], 1)
+
+
+def unflatten_groups(
+    flat: torch.Tensor, latents: Sequence[torch.Tensor], groups: Sequence[int]
+) -> list[torch.Tensor]:
+    """``latents`` with ``groups`` replaced by the pieces of ``flat`` (the inverse of flatten)."""
+    result = list(latents)
+    sizes = [latents[g][0].numel() for g in groups]
+    for g, piece in zip(groups, flat.split(sizes, 1), strict=True):
+        result[g] = piece.reshape(latents[g].shape).to(latents[g].dtype)
+    return result
+
+
 def project_out(vector: torch.Tensor, others: Sequence[torch.Tensor]) -> torch.Tensor:
     """``vector`` minus its component in the span of ``others`` (conditional editing)."""
     if not others:
@@ -195,37 +305,62 @@ def project_out(vector: torch.Tensor, others: Sequence[torch.Tensor]) -> torch.T
 
 # ---------------------------------------------------------------- the pipeline side
 @torch.no_grad()
-def global_means(pipe, images: Sequence[Image.Image], batch_size: int = 16) -> torch.Tensor:
-    """(N, C) global-group posterior means, in input order; images may differ in size."""
+def group_latents(
+    pipe, images: Sequence[Image.Image], groups: Sequence[int] = (0,), batch_size: int = 16
+) -> torch.Tensor:
+    """(N, dim) posterior means of ``groups``, flattened, in input order. Images may differ in
+    size when only the global group is asked for; spatial groups need one size."""
     from tqdm.auto import tqdm
 
     by_size: dict[tuple[int, int], list[int]] = {}
     for i, image in enumerate(images):
         by_size.setdefault(image.size, []).append(i)
-    means = torch.zeros(len(images), pipe.hvae.latent_groups[0].z_channels)
+    if len(by_size) > 1 and any(pipe.hvae.latent_groups[g].resolution > 1 for g in groups):
+        raise HVAEError(
+            f"directions over spatial groups need images of one size, got {len(by_size)} sizes"
+        )
+    rows: list[torch.Tensor | None] = [None] * len(images)
     with tqdm(total=len(images), desc="encoding", dynamic_ncols=True) as progress:
         for indices in by_size.values():
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start : start + batch_size]
                 codes = pipe.encode([images[i] for i in chunk])
-                means[chunk] = codes.latents[0][:, :, 0, 0].float().cpu()
+                flat = flatten_groups(codes.latents, groups).float().cpu()
+                for row, i in enumerate(chunk):
+                    rows[i] = flat[row]
                 progress.update(len(chunk))
-    return means
+    return torch.stack(rows)
+
+
+def global_means(pipe, images: Sequence[Image.Image], batch_size: int = 16) -> torch.Tensor:
+    """(N, C) global-group posterior means, in input order; images may differ in size."""
+    return group_latents(pipe, images, (0,), batch_size)
 
 
 def fit_directions(
-    pipe, images: Sequence[Image.Image], labels: dict[str, np.ndarray], source: str
+    pipe,
+    images: Sequence[Image.Image],
+    labels: dict[str, np.ndarray],
+    source: str,
+    all_groups: bool = False,
 ) -> dict[str, float]:
-    """Fit and register one direction per attribute; returns each fit's R^2."""
+    """Fit and register one direction per attribute, all sharing one ``DirectionField`` over
+    the global group (or, with ``all_groups``, over every group); returns each attribute's
+    R^2 as the field reads it from the latents."""
     check_labels(labels)
     if len(images) < 8:
         raise HVAEError(f"need at least 8 images to fit directions, got {len(images)}")
-    latents = global_means(pipe, images)
-    fits = {}
-    for name, values in labels.items():
-        direction, r2 = fit_label_direction(latents, values)
-        pipe.register_direction(name, direction, group=0, source=source, units="sd")
-        fits[name] = r2
+    groups = list(range(len(pipe.hvae.latent_groups))) if all_groups else [0]
+    latents = group_latents(pipe, images, groups)
+    field, fits = DirectionField.fit(latents, labels, groups)
+    global_latents = latents[:, : pipe.hvae.latent_groups[0].z_channels]  # group 0 comes first
+    for index, (name, values) in enumerate(labels.items()):
+        # The linear direction in the global group stays as the field's first-order summary:
+        # what ``keep`` projects out of vector edits.
+        direction, _ = fit_label_direction(global_latents, values)
+        pipe.register_direction(
+            name, direction, group=0, source=source, units="sd", field=field, index=index
+        )
     return fits
 
 

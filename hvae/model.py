@@ -183,6 +183,7 @@ class LatentGroup(nn.Module):
         temperature: float,
         use_mean: bool,
         pick: PickFn | None = None,
+        prior_only: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, GroupState]:
         prior_out = self.prior(x)
         prior_mean, prior_log_scale, state_update = prior_out.split(
@@ -204,6 +205,11 @@ class LatentGroup(nn.Module):
                 z = state.posterior_mean
                 if not use_mean:
                     z = z + torch.exp(state.posterior_log_scale) * noise(z.shape)
+            if prior_only is not None:
+                # These images decode this group at its prior mean: nothing is sent, so no KL.
+                dropped = prior_only[:, None, None, None]
+                z = torch.where(dropped, prior_mean, z)
+                state.kl = state.kl.masked_fill(dropped, 0.0)
         if z is None and pick is not None:
             z = pick(prior_mean, prior_log_scale, state.posterior_mean)
         if z is None:
@@ -242,6 +248,10 @@ class HVAECodes:
     # latents leave out. Edits move the latents and keep it, so detail survives an edit.
     detail: torch.Tensor | None = None
     edited_groups: frozenset[int] = frozenset()  # set by edits: the groups whose latents moved
+    unedited: list[torch.Tensor] | None = None  # set by edits: the latents before the first edit
+    # Decodes that depend only on the unedited latents, kept by the pipeline between edits of
+    # the same codes (so a slider move costs one stage-2 pass). Shared by clones.
+    base_cache: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return self.latents[0].shape[0]
@@ -255,6 +265,8 @@ class HVAECodes:
             image_size=self.image_size,
             detail=self.detail,
             edited_groups=self.edited_groups,
+            unedited=self.unedited,
+            base_cache=self.base_cache,
         )
 
     def residuals(self) -> list[torch.Tensor]:
@@ -425,6 +437,7 @@ class HierarchicalVAE(ModelMixin, ConfigMixin):
         use_mean: bool = False,
         pick: PickFn | None = None,
         log_step: torch.Tensor | None = None,
+        prior_only: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[GroupState]]:
         device, dtype = self.head.weight.device, self.head.weight.dtype
         if noise is None:
@@ -449,7 +462,8 @@ class HierarchicalVAE(ModelMixin, ConfigMixin):
                 index = len(states)
                 given = latents[index] if latents is not None and index < len(latents) else None
                 activation = activations[resolution] if activations is not None else None
-                x, state = module(x, activation, given, noise, temperature, use_mean, pick)
+                dropped = prior_only if resolution > 1 else None
+                x, state = module(x, activation, given, noise, temperature, use_mean, pick, dropped)
                 states.append(state)
         return x, states
 
@@ -465,18 +479,28 @@ class HierarchicalVAE(ModelMixin, ConfigMixin):
         features: torch.Tensor,
         kl_weight: float = 1.0,
         free_bits: float | Sequence[float] = 0.0,
+        global_only: torch.Tensor | None = None,
     ) -> HVAEOutput:
         """Negative ELBO of ``features`` with one posterior sample.
 
         ``kl_weight`` (KL warm-up) and ``free_bits`` (nats per latent dimension,
         applied to each group's batch-mean KL; one number, or one per group) shape
-        only the training loss; ``bits_per_dim`` is always the true negative ELBO.
+        only the training loss; ``bits_per_dim`` is the true negative ELBO unless
+        ``global_only`` is given.
+
+        ``global_only`` (bool, one per image) decodes those images from the global
+        group alone, every spatial group at its prior mean. Training with a fraction
+        of such images makes the global group carry what the image is (colours,
+        shape, pose) instead of leaving it to the spatial groups, which is what
+        editing the global group needs; their bits are then not a true ELBO.
         """
         self.check_features(features)
         features = self.quantize(features.to(self.head.weight.dtype))
         size = (features.shape[-2], features.shape[-1])
         activations = self._bottom_up(features)
-        x, states = self._top_down(features.shape[0], size, activations=activations)
+        x, states = self._top_down(
+            features.shape[0], size, activations=activations, prior_only=global_only
+        )
         mean, log_scale = self._likelihood(x)
         dims = features[0].numel()
         nll = (

@@ -114,13 +114,18 @@ def make_loss(
     free_bits: float,
     final_kl_weight: float = 1.0,
     global_free_bits: float | None = None,
+    global_only_rate: float = 0.0,
 ):
     """Negative ELBO with KL warm-up to ``final_kl_weight`` (1.0 = the true ELBO; below 1 = beta-VAE).
 
     ``global_free_bits`` overrides ``free_bits`` for the global (1x1) group: a floor
     there keeps scene-level information in the group that sampling and editing use,
-    instead of letting it spread into the cheap spatial groups.
+    instead of letting it spread into the cheap spatial groups. ``global_only_rate``
+    is the fraction of images decoded from the global group alone (see
+    ``HierarchicalVAE.forward``); which ones depends only on the step.
     """
+    if not 0.0 <= global_only_rate < 1.0:
+        raise HVAEError(f"global_only_rate must be in [0, 1), got {global_only_rate}")
 
     def loss_fn(model, features: torch.Tensor, step: int):
         kl_weight = final_kl_weight * min(1.0, (step + 1) / max(1, kl_warmup_steps))
@@ -130,7 +135,11 @@ def make_loss(
             else free_bits
             for group in _unwrap(model).latent_groups
         ]
-        out = model(features, kl_weight=kl_weight, free_bits=floors)
+        global_only = None
+        if global_only_rate > 0:
+            draw = torch.rand(len(features), generator=torch.Generator().manual_seed(step))
+            global_only = (draw < global_only_rate).to(features.device)
+        out = model(features, kl_weight=kl_weight, free_bits=floors, global_only=global_only)
         dims = features[0].numel()
         logs = {"bpd": out.bits_per_dim, "nll_bpd": out.nll_bits_per_dim, "kl_weight": kl_weight}
         logs["elbo_nats"] = -out.bits_per_dim * dims * math.log(2)  # per image
@@ -176,6 +185,8 @@ def train_hvae(
     free_bits: float = 0.01,
     kl_weight: float = 1.0,
     global_free_bits: float | None = None,
+    global_only_rate: float = 0.0,
+    crop_scales: tuple[float, ...] | None = None,
     cache_dir: str = "cache",
     save_pipeline: bool = True,
     resume: bool = True,
@@ -196,12 +207,19 @@ def train_hvae(
         ) from None
     state = process_state()
     with state.main_process_first():  # one process fills the cache, the others read it
-        features = cached_features(stage1, data, image_size, n_scenes, config.seed, cache_dir)
+        if crop_scales:
+            from hvae.train_codec import crop_sampler, feature_pyramid
+
+            maps = feature_pyramid(stage1, data, crop_scales, feature_side, cache_dir)
+            batches = crop_sampler(maps, feature_side, config.batch_size, config.seed)
+        else:
+            features = cached_features(stage1, data, image_size, n_scenes, config.seed, cache_dir)
+            batches = batch_sampler(features, config.batch_size, config.seed)
     config.out_dir = str(Path(out_dir) / "run")
     ema = train(
         model,
-        make_loss(kl_warmup_steps, free_bits, kl_weight, global_free_bits),
-        batch_sampler(features, config.batch_size, config.seed),
+        make_loss(kl_warmup_steps, free_bits, kl_weight, global_free_bits, global_only_rate),
+        batches,
         config,
         resume=resume,
         description="stage 2",

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import torch
-import torch.nn.functional as F
 from diffusers import DiffusionPipeline
 from PIL import Image
 from tqdm.auto import tqdm
@@ -29,7 +28,7 @@ from tqdm.auto import tqdm
 from hvae.autoencoder import FeatureAutoencoder
 from hvae.batch import list_inputs, load_all, png_bytes, write_atomically
 from hvae.codec import ArchiveError, ArchiveReader, ArchiveWriter, DamagedRecord, Record
-from hvae.data.images import to_pil, to_tensor
+from hvae.data.images import pad_to_multiple, to_pil, to_tensor
 from hvae.entropy import decode_symbols, encode_symbols, pack, symbol_bits
 from hvae.errors import HVAEError
 from hvae.fingerprint import fingerprint
@@ -147,12 +146,8 @@ class HVAECompressionPipeline(DiffusionPipeline):
     # ------------------------------------------------------------ one image
     def features_of(self, image: Image.Image) -> torch.Tensor:
         """Stage-1 features of one image, padded to what both models need (replicated edges)."""
-        pixels = to_tensor([image])
         multiple = self.stage1.stride * self.hvae.feature_multiple
-        pad_h, pad_w = (-pixels.shape[-2]) % multiple, (-pixels.shape[-1]) % multiple
-        if pad_h or pad_w:
-            pixels = F.pad(pixels, (0, pad_w, 0, pad_h), mode="replicate")
-        return self.stage1.encode(pixels)
+        return self.stage1.encode(pad_to_multiple(to_tensor([image]), multiple))
 
     @torch.no_grad()
     def encode_image(

@@ -20,8 +20,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from hvae.autoencoder import FeatureAutoencoder
-from hvae.data.images import to_pil
-from hvae.directions import project_out
+from hvae.data.images import pad_to_multiple, to_pil
+from hvae.directions import DirectionField, flatten_groups, project_out, unflatten_groups
 from hvae.errors import HVAEError
 from hvae.fingerprint import fingerprint
 from hvae.model import HierarchicalVAE, HVAECodes
@@ -31,12 +31,15 @@ DIRECTIONS_FOLDER = "directions"
 
 @dataclass
 class Direction:
-    """A vector added to one latent group; ``strength`` 1 adds it once."""
+    """A vector added to one latent group (``strength`` 1 adds it once), or attribute
+    ``index`` of a ``DirectionField`` (then ``vector`` is its linear summary)."""
 
     vector: torch.Tensor
     group: int = 0
     source: str = "user"
     units: str = "vector"
+    field: DirectionField | None = None
+    index: int = 0
 
 
 def load_pipeline_folder(load, pretrained_model_name_or_path, **kwargs):
@@ -67,8 +70,13 @@ def image_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
+EDIT_MODES = ("delta", "residuals")
+
+
 class HVAEPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "hvae->autoencoder"
+    # How the groups below an edited one follow the edit; see ``_features``.
+    edit_mode = "delta"
 
     def __init__(self, autoencoder, hvae: HierarchicalVAE):
         super().__init__()
@@ -96,33 +104,67 @@ class HVAEPipeline(DiffusionPipeline):
         if not self._directions:
             return
         folder.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {name: d.vector.contiguous().cpu() for name, d in self._directions.items()},
-            str(folder / "directions.safetensors"),
-        )
-        (folder / "directions.json").write_text(json.dumps(self.direction_metadata(), indent=2))
+        fields = list({id(d.field): d.field for d in self._directions.values() if d.field}.values())
+        tensors = {name: d.vector.contiguous().cpu() for name, d in self._directions.items()}
+        for i, field in enumerate(fields):
+            tensors |= {f"field{i}.{k}": v.contiguous() for k, v in field.state_dict().items()}
+        save_file(tensors, str(folder / "directions.safetensors"))
+        metadata = self.direction_metadata()
+        for name, d in self._directions.items():
+            if d.field is not None:
+                metadata[name] |= {"field": fields.index(d.field), "index": d.index}
+        (folder / "directions.json").write_text(json.dumps(metadata, indent=2))
+        described = [
+            {
+                "names": f.names,
+                "groups": f.groups,
+                "dim": f.dim,
+                "components": f.basis.shape[1],
+                "hidden": f.read[0].out_features,
+            }
+            for f in fields
+        ]
+        (folder / "fields.json").write_text(json.dumps(described, indent=2))
 
     def direction_metadata(self) -> dict[str, dict]:
-        """name -> {group, source, units} for every direction (what directions.json stores)."""
-        return {
-            name: {"group": d.group, "source": d.source, "units": d.units}
-            for name, d in sorted(self._directions.items())
-        }
+        """name -> {group, source, units, kind[, groups]} for every direction (what
+        directions.json lists); a field direction also names the groups it edits."""
+        metadata = {}
+        for name, d in sorted(self._directions.items()):
+            metadata[name] = {"group": d.group, "source": d.source, "units": d.units}
+            if d.field is None:
+                metadata[name]["kind"] = "vector"
+            else:
+                metadata[name] |= {"kind": "field", "groups": list(d.field.groups)}
+        return metadata
 
     def load_directions(self, folder: Path) -> None:
         if not (folder / "directions.json").is_file():
             return
-        vectors = load_file(str(folder / "directions.safetensors"))
+        tensors = load_file(str(folder / "directions.safetensors"))
+        fields = []
+        if (folder / "fields.json").is_file():
+            for i, spec in enumerate(json.loads((folder / "fields.json").read_text())):
+                field = DirectionField(
+                    spec["names"], spec["dim"], spec["components"], spec["groups"], spec["hidden"]
+                )
+                prefix = f"field{i}."
+                field.load_state_dict(
+                    {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+                )
+                fields.append(field.eval())
         for name, meta in json.loads((folder / "directions.json").read_text()).items():
-            if name not in vectors:
+            if name not in tensors:
                 raise HVAEError(f"{folder}: direction {name!r} is listed but has no vector")
             # register_direction checks the vector against this model's group shapes.
             self.register_direction(
                 name,
-                vectors[name],
+                tensors[name],
                 meta["group"],
                 meta.get("source", "user"),
                 meta.get("units", "vector"),
+                field=fields[meta["field"]] if "field" in meta else None,
+                index=meta.get("index", 0),
             )
 
     # ------------------------------------------------------------ helpers
@@ -146,8 +188,11 @@ class HVAEPipeline(DiffusionPipeline):
         group: int = 0,
         source: str = "user",
         units: str = "vector",
+        field: DirectionField | None = None,
+        index: int = 0,
     ) -> None:
-        """Make ``name`` editable: ``edit(codes, {name: s})`` adds ``s * vector`` to latent ``group``."""
+        """Make ``name`` editable: ``edit(codes, {name: s})`` adds ``s * vector`` to latent ``group``,
+        or, with a ``field``, moves attribute ``index`` of the field by ``s``."""
         groups = self.hvae.latent_groups
         if not 0 <= group < len(groups):
             raise HVAEError(f"group must be in [0, {len(groups) - 1}], got {group}")
@@ -159,7 +204,11 @@ class HVAEPipeline(DiffusionPipeline):
             raise HVAEError(
                 f"direction {name!r} must have {channels} channels for group {group}, got shape {tuple(vector.shape)}"
             )
-        self._directions[name] = Direction(vector, group, source, units)
+        if field is not None and max(field.groups) >= len(groups):
+            raise HVAEError(
+                f"direction {name!r} edits groups {field.groups}; this model has {len(groups)}"
+            )
+        self._directions[name] = Direction(vector, group, source, units, field, index)
 
     # ------------------------------------------------------------ the user API
     @torch.no_grad()
@@ -170,7 +219,9 @@ class HVAEPipeline(DiffusionPipeline):
             images = [images]
         stage1 = self.stage1
         pixels = stage1._as_tensor(list(images))
-        features = stage1.encode(pixels).to(self.device)
+        # Any size encodes: padded to what both models need, cropped back at decode.
+        padded = pad_to_multiple(pixels, stage1.stride * self.hvae.feature_multiple)
+        features = stage1.encode(padded).to(self.device)
         self._check_feature_size(features)
         codes = self.hvae.encode(features)
         codes.image_size = (pixels.shape[-2], pixels.shape[-1])
@@ -205,14 +256,24 @@ class HVAEPipeline(DiffusionPipeline):
     ) -> HVAECodes:
         """New codes with each named direction added at its strength; ``codes`` is left unchanged.
 
-        ``keep`` names directions whose attributes must not move: each edit's vector is
-        projected orthogonally to theirs (in the same group) before it is added. The
-        detail kept at encoding is carried over, so it survives the edit.
+        A field direction moves its attribute and holds every other attribute fitted
+        with the same field. ``keep`` names directions whose attributes must not move
+        under vector edits: each vector is projected orthogonally to theirs (in the
+        same group) before it is added. The detail kept at encoding is carried over,
+        so it survives the edit.
         """
         self.check_directions([*edits, *(keep or ())])
-        edited = codes.clone()
+        edited = codes.clone()  # shares codes.base_cache, which belongs to the unedited latents
+        if edited.unedited is None:
+            edited.unedited = codes.latents
+        moves: dict[int, tuple[DirectionField, torch.Tensor]] = {}
         for name, strength in edits.items():
             direction = self._directions[name]
+            if direction.field is not None:
+                field = direction.field
+                _, strengths = moves.setdefault(id(field), (field, torch.zeros(len(field.names))))
+                strengths[direction.index] += float(strength)
+                continue
             held = [
                 self._directions[k].vector
                 for k in keep or ()
@@ -222,19 +283,56 @@ class HVAEPipeline(DiffusionPipeline):
             z = edited.latents[direction.group]
             edited.latents[direction.group] = z + float(strength) * vector.to(z.device, z.dtype)
             edited.edited_groups = edited.edited_groups | {direction.group}
+        for field, strengths in moves.values():
+            flat = flatten_groups(edited.latents, field.groups)
+            if flat.shape[1] != field.dim:
+                raise HVAEError(
+                    f"directions {', '.join(field.names)} were fitted on codes of another feature "
+                    f"size (their groups hold {field.dim} numbers, these {flat.shape[1]}); "
+                    "use images of the size they were fitted on"
+                )
+            edited.latents = unflatten_groups(
+                field.shift(flat, strengths), edited.latents, field.groups
+            )
+            edited.edited_groups = edited.edited_groups | set(field.groups)
         return edited
 
     def _features(self, codes: HVAECodes) -> torch.Tensor:
-        """Stage-2 decode. Below the highest edited group, latents are rebuilt from their
-        residuals under the new priors (lower groups keep their residuals, not their values),
-        so the detail they carry follows the edit instead of pinning the old content."""
+        """Stage-2 decode of possibly edited codes. Below the highest edited group, either
+
+        - ``delta`` (the default): the edited groups and those above them are decoded
+          with every lower group at its prior mean, before and after the edit, and
+          the difference is added to the unedited decode. The lower groups and the
+          kept detail then carry the image's own texture through the edit, and the
+          edit changes what the upper groups say (colour, shape, pose); or
+        - ``residuals``: lower latents are rebuilt from their residuals under the
+          new priors (kept in prior stds, not as values), so they follow the edit.
+
+        ``benchmarks/editing.py --mode`` measures both; on the scenes model the
+        residuals pin the old colours (see the README).
+        """
         if not codes.edited_groups or not codes.priors:
             return self.hvae.decode(codes)
-        top = min(codes.edited_groups)
-        given = list(codes.latents[: top + 1]) + [None] * (len(codes.latents) - top - 1)
-        return self.hvae.decode(
-            given, feature_size=codes.feature_size, residuals=codes.residuals()[top + 1 :]
-        )
+        top = max(codes.edited_groups)  # the deepest edited group
+        lower = len(codes.latents) - top - 1
+        if self.edit_mode == "residuals":
+            given = list(codes.latents[: top + 1]) + [None] * lower
+            return self.hvae.decode(
+                given, feature_size=codes.feature_size, residuals=codes.residuals()[top + 1 :]
+            )
+        if self.edit_mode != "delta":
+            raise HVAEError(f"edit_mode must be one of {EDIT_MODES}, got {self.edit_mode!r}")
+        unedited = codes.unedited if codes.unedited is not None else codes.latents
+
+        def upper_only(latents):
+            given = list(latents[: top + 1]) + [None] * lower
+            return self.hvae.decode(given, temperature=0.0, feature_size=codes.feature_size)
+
+        base = codes.base_cache.get(top)
+        if base is None:
+            whole = self.hvae.decode(list(unedited), feature_size=codes.feature_size)
+            base = codes.base_cache[top] = whole - upper_only(unedited)
+        return base + upper_only(codes.latents)
 
     @staticmethod
     def interpolate(start: HVAECodes, end: HVAECodes, t: float) -> HVAECodes:
@@ -246,6 +344,8 @@ class HVAEPipeline(DiffusionPipeline):
                 f"and {end.feature_size} x {len(end)}"
             )
         mixed = start.clone()
+        # New latents: nothing cached for the old ones applies, and they decode as they are.
+        mixed.base_cache, mixed.unedited, mixed.edited_groups = {}, None, frozenset()
         mixed.latents = [
             torch.lerp(a, b, t) for a, b in zip(start.latents, end.latents, strict=True)
         ]

@@ -25,19 +25,39 @@ def labelled_folder(tmp_path):
     return folder
 
 
-def test_strength_one_moves_the_fitted_prediction_by_one_sd():
+def test_a_label_direction_is_the_mean_latent_change_per_sd_of_the_attribute():
     generator = torch.Generator().manual_seed(0)
-    latents = torch.randn(200, 6, generator=generator)
-    truth = torch.tensor([1.0, -2.0, 0.5, 0.0, 0.0, 3.0])
-    values = (latents @ truth + 0.1 * torch.randn(200, generator=generator)).numpy()
-    direction, r2 = directions.fit_label_direction(latents, values)
-    assert r2 > 0.99
-    # The regression's prediction along the direction rises by sd(values) per unit strength.
-    w = torch.linalg.lstsq(
-        latents - latents.mean(0), torch.as_tensor(values) - values.mean()
-    ).solution
-    moved = float(direction @ w)
-    assert moved == pytest.approx(float(np.std(values, ddof=1)), rel=0.01)
+    values = torch.rand(2000, generator=generator) * 4
+    slope = torch.tensor([1.0, -2.0, 0.5, 0.0])
+    latents = values[:, None] * slope + 0.3 * torch.randn(2000, 4, generator=generator)
+    direction, r2 = directions.fit_label_direction(latents, values.numpy())
+    assert r2 > 0.9
+    expected = slope * float(values.std())
+    assert torch.allclose(direction, expected, atol=0.05 * float(expected.norm()))
+
+
+def test_a_field_follows_a_curved_attribute_and_holds_the_others():
+    """An attribute that goes round a circle in latent space: a fixed vector cannot move
+    along it, the field can, and it leaves the other attribute where it was."""
+    rng = np.random.default_rng(0)
+    angle, other = rng.uniform(0, 1.5 * np.pi, 1500), rng.uniform(-1, 1, 1500)
+
+    def latent(a, b):
+        return torch.tensor(np.stack([np.cos(a), np.sin(a), b], 1), dtype=torch.float32)
+
+    latents = latent(angle, other)
+    field, fits = directions.DirectionField.fit(latents, {"angle": angle, "other": other})
+    assert fits["angle"] > 0.95 and fits["other"] > 0.95
+    start_angle, start_other = np.array([0.5, 2.0, 3.5]), np.array([-0.5, 0.0, 0.5])
+    start = latent(start_angle, start_other)
+    moved = field.shift(start, torch.tensor([1.0, 0.0]))
+    target = latent(start_angle + angle.std(), start_other)
+    vector, _ = directions.fit_label_direction(latents, angle)
+    field_error = (moved - target).norm(dim=1)
+    vector_error = (start + vector - target).norm(dim=1)
+    assert field_error.max() < 0.2
+    assert field_error.mean() < 0.5 * vector_error.mean()
+    assert torch.allclose(moved[:, 2], start[:, 2], atol=0.1)  # the other attribute is held
 
 
 def test_label_tables_in_csv_and_celeba_format(tmp_path):
@@ -83,10 +103,24 @@ def test_cli_fits_from_a_csv_and_refuses_bad_columns(
     pipe = HVAEPipeline.from_pretrained(out)
     assert {"floor_hue", "scale"} <= set(pipe.directions)
     meta = pipe.direction_metadata()["scale"]
-    assert meta == {"group": 0, "source": "labels", "units": "sd"}
+    assert meta == {"group": 0, "source": "labels", "units": "sd", "kind": "field", "groups": [0]}
+
     capsys.readouterr()
     assert main(["directions", "list", "--model", str(out), "--json"]) == 0
     assert '"floor_hue"' in capsys.readouterr().out
+
+
+def test_fitted_fields_survive_save_and_load(tiny_pipeline, tmp_path):
+    scenes, labels = directions.scene_labels(24, seed=5, size=64)
+    directions.fit_directions(tiny_pipeline, scenes, labels, "scenes")
+    tiny_pipeline.save_pretrained(tmp_path / "p")
+    loaded = HVAEPipeline.from_pretrained(tmp_path / "p")
+    assert loaded.direction_metadata() == tiny_pipeline.direction_metadata()
+    codes = tiny_pipeline.encode(scenes[:3])
+    edits = {"scale": 1.0, "wall_hue": -0.5}
+    edited = tiny_pipeline.edit(codes, edits).latents[0]
+    assert torch.equal(edited, loaded.edit(codes, edits).latents[0])
+    assert not torch.allclose(edited, codes.latents[0])
 
 
 def test_auto_pca_and_folder_sources(tiny_pipeline, tmp_path):

@@ -67,6 +67,11 @@ def test_wrong_folders_get_clear_errors(tmp_path):
         HVAEPipeline.from_pretrained(tmp_path)
 
 
-def test_images_that_do_not_fit_the_model_get_a_clear_error(tiny_pipeline):
-    with pytest.raises(HVAEError, match="image size"):
-        tiny_pipeline.encode(scenes(1, size=40))
+def test_images_of_any_size_encode_and_decode_back_to_their_size(tiny_pipeline):
+    image = scenes(1, size=40)[0].crop((0, 0, 37, 29))  # fits neither the stride nor the groups
+    codes = tiny_pipeline.encode([image])
+    assert tiny_pipeline.decode(codes)[0].size == (37, 29)
+    tiny_pipeline.register_direction(
+        "up", torch.ones(tiny_pipeline.hvae.latent_groups[0].z_channels)
+    )
+    assert tiny_pipeline.decode(tiny_pipeline.edit(codes, {"up": 1.0}))[0].size == (37, 29)

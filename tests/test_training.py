@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from PIL import Image
 
 from hvae.errors import HVAEError
 from hvae.train_hvae import batch_sampler, make_loss
@@ -190,3 +191,47 @@ def test_two_cpu_processes_train_data_parallel_with_accelerate_launch(tmp_path):
     from pipelines import HVAEPipeline
 
     assert HVAEPipeline.from_pretrained(out).hvae.config.sample_size == 16
+
+
+def test_global_only_images_send_nothing_through_the_spatial_groups():
+    features = torch.randn(4, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    model = tiny_hvae()
+    torch.manual_seed(0)
+    out = model(features, global_only=torch.tensor([True, True, True, True]))
+    assert float(out.kl_bits_per_dim[0]) > 0
+    assert all(float(kl) == 0.0 for kl in out.kl_bits_per_dim[1:])
+    torch.manual_seed(0)
+    mixed = model(features, global_only=torch.tensor([True, False, True, False]))
+    torch.manual_seed(0)
+    plain = model(features)
+    # Half the images pay for their spatial groups, so their KL lies between none and all.
+    for kl_mixed, kl_plain in zip(
+        mixed.kl_bits_per_dim[1:], plain.kl_bits_per_dim[1:], strict=True
+    ):
+        assert 0 < float(kl_mixed) < float(kl_plain)
+    with pytest.raises(HVAEError, match="global_only_rate"):
+        make_loss(kl_warmup_steps=1, free_bits=0.0, global_only_rate=1.0)
+
+
+def test_train_on_random_crops_of_a_photo_folder(tmp_path):
+    from hvae.cli import main
+    from hvae.data.shapes import ShapesDataset
+    from pipelines import HVAEPipeline
+    from tests.conftest import tiny_autoencoder
+
+    autoencoder = tmp_path / "ae"
+    tiny_autoencoder().save_pretrained(autoencoder)
+    data = tmp_path / "photos"
+    data.mkdir()
+    for i, (image, _) in enumerate(ShapesDataset(2, seed=1, size=96)):
+        image.save(data / f"{i}.png")
+    out = tmp_path / "editor"
+    args = ["train", "--autoencoder", str(autoencoder), "--data", str(data), "--out", str(out)]
+    args += ["--preset", "tiny", "--image-size", "64", "--crop-scales", "1.0", "0.5"]
+    args += ["--steps", "3", "--batch-size", "4", "--global-only-rate", "0.5"]
+    args += ["--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 0
+    pipe = HVAEPipeline.from_pretrained(out)
+    # Trained on 64-pixel crops, it encodes whole images of other sizes (the global group pools).
+    codes = pipe.encode([Image.open(data / "0.png")])
+    assert codes.latents[0].shape[-2:] == (1, 1) and codes.feature_size == (24, 24)

@@ -55,7 +55,11 @@ COMPRESS_COLUMNS = [
 
 def bundled_models() -> dict[str, str]:
     root = Path(__file__).resolve().parents[1] / "checkpoints"
-    names = {"scenes": root / "shapes", "photos": root / "photo"}
+    names = {
+        "scenes": root / "shapes",
+        "photos": root / "photo-edit",
+        "photo codec": root / "photo",
+    }
     return {name: str(path) for name, path in names.items() if (path / "model_index.json").exists()}
 
 
@@ -278,7 +282,9 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
     models = models or bundled_models()
     if not models:
         raise HVAEError("no pipeline to serve: checkpoints/ has none and --model gave none")
-    first = next(iter(models))
+    # The dropdown picks what Edit and Generate use; the Compress tab always uses the codec.
+    editors = [n for n, path in models.items() if pipeline_class(path) != CODEC_CLASS]
+    first = (editors or list(models))[0]
     is_codec = pipeline_class(models[first]) == CODEC_CLASS
     directions = [] if is_codec else pipeline(models[first]).directions[:MAX_SLIDERS]
     codec = codec_name(models)
@@ -288,7 +294,7 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
             "# Hierarchical-VAE editor and codec\nEdit: upload an image, then move the sliders. "
             "Compress: upload images, get a `.hvz` archive and a comparison with JPEG."
         )
-        model = gr.Dropdown(list(models), value=first, label="pipeline")
+        model = gr.Dropdown(editors or list(models), value=first, label="pipeline")
         with gr.Tab("Edit"):
             codes = gr.State(None)
             with gr.Row():

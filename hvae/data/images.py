@@ -37,6 +37,17 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise HVAEError(f"{path}: unreadable image ({error})") from None
 
 
+def pad_to_multiple(pixels: torch.Tensor, multiple: int) -> torch.Tensor:
+    """(N, C, H, W) pixels padded at the bottom and right, by repeating the edge, to sides
+    that are multiples of ``multiple``; decoders crop back to the original size."""
+    import torch.nn.functional as F
+
+    pad_h, pad_w = (-pixels.shape[-2]) % multiple, (-pixels.shape[-1]) % multiple
+    if not pad_h and not pad_w:
+        return pixels
+    return F.pad(pixels, (0, pad_w, 0, pad_h), mode="replicate")
+
+
 def downscaled(image: np.ndarray, scale: float) -> np.ndarray:
     """An (H, W, 3) uint8 array resized by ``scale`` (<= 1) with Lanczos filtering."""
     if scale == 1.0:
