@@ -1,13 +1,14 @@
-"""Slider-to-image latency of the Gradio editor at 256², on this machine's CPU.
+"""Slider-to-image latency of the Gradio editor, on this machine's CPU.
 
-Launches ``ui/app.py`` on the bundled scenes pipeline, uploads a 256×256 scene
-through ``gradio_client`` and then measures:
+Launches ``ui/app.py`` on the bundled pipelines, uploads a 256×256 photo (or
+scene, with ``--model scenes``; the scenes' sliders edit at 64×64, so the app
+resizes it) through ``gradio_client`` and then measures:
 
 1. the edit handler alone (decode of cached codes + PNG), called in-process;
 2. one client's slider releases end to end (HTTP, queue, decode, PNG, download);
 3. 8 concurrent clients × 20 edits each: errors and latency percentiles.
 
-    python benchmarks/ui_latency.py
+    python benchmarks/ui_latency.py [--model photos|scenes]
 """
 
 from __future__ import annotations
@@ -22,8 +23,12 @@ from pathlib import Path
 
 from gradio_client import Client, handle_file
 
+from hvae.data.images import load_image
 from hvae.data.shapes import ShapesDataset
 from ui.app import MAX_SLIDERS, apply_edits, build_app, bundled_models, encode_upload, pipeline
+
+# A 256x256 crop of a held-out wallpaper, shipped with the tests.
+PHOTO = Path(__file__).resolve().parents[1] / "tests" / "data" / "photos" / "evening_glow.png"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -41,17 +46,28 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size", type=int, default=256)
+    parser.add_argument(
+        "--model",
+        default="photos",
+        help="bundled pipeline to edit: photos (any size) or scenes (edits at 64x64)",
+    )
     parser.add_argument("--edits", type=int, default=40, help="edits for the single-client runs")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--per-client", type=int, default=20)
     args = parser.parse_args()
 
     models = bundled_models()
-    model = "scenes"
+    model = args.model
     pipe = pipeline(models[model])
     n_directions = min(len(pipe.directions), MAX_SLIDERS)
-    scene = Path(tempfile.mkdtemp()) / "scene.png"
-    ShapesDataset(1, seed=5, size=args.size)[0][0].save(scene)
+    scene = Path(tempfile.mkdtemp()) / "input.png"
+    if model == "scenes":
+        ShapesDataset(1, seed=5, size=args.size)[0][0].save(scene)
+    else:
+        photo = load_image(PHOTO)
+        side = min(photo.size)
+        photo.crop((0, 0, side, side)).resize((args.size, args.size)).save(scene)
+    size = pipe.edit_size or args.size
 
     def strengths(i: int) -> list[float]:
         values = [0.0] * MAX_SLIDERS
@@ -113,9 +129,7 @@ def main() -> None:
     finally:
         app.close()
 
-    print(
-        f"\nslider-to-image latency at {args.size}², bundled scenes pipeline, {n_directions} sliders"
-    )
+    print(f"\nslider-to-image latency at {size}², bundled {model} pipeline, {n_directions} sliders")
     print("| measurement | edits | errors | p50 (ms) | p95 (ms) |")
     print("|---|---|---|---|---|")
     print(summary("edit handler in-process (decode + PIL)", handler))

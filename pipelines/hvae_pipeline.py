@@ -178,6 +178,15 @@ class HVAEPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------ directions
     @property
+    def edit_size(self) -> int | None:
+        """The image side every edit needs, when a direction edits spatial groups (those
+        fields were fitted on images of the training size); None when any size edits."""
+        spatial = any(
+            d.field is not None and d.field.groups != [0] for d in self._directions.values()
+        )
+        return self.hvae.config.sample_size * self.stage1.stride if spatial else None
+
+    @property
     def directions(self) -> list[str]:
         return sorted(self._directions)
 

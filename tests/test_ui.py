@@ -52,6 +52,8 @@ def test_every_endpoint_answers(client, tmp_path):
         "/generate",
         "/compress",
         "/decompress",
+        "/sample",
+        "/edit_generated",
     } <= set(client.view_api(return_format="dict")["named_endpoints"])
     scene = tmp_path / "scene.png"
     ShapesDataset(1, seed=3, size=64)[0][0].save(scene)
@@ -74,6 +76,14 @@ def test_every_endpoint_answers(client, tmp_path):
     assert len(gallery) == 3
     with zipfile.ZipFile(archive) as zipped:
         assert sorted(zipped.namelist()) == [f"sample_{i:03d}.png" for i in range(3)]
+
+    # A generated image goes to the Edit tab; so does one of the app's own samples.
+    from_gallery = client.predict("tiny", 2, api_name="/edit_generated")
+    assert Image.open(from_gallery[0]).tobytes() == Image.open(gallery[1]["image"]).tobytes()
+    with pytest.raises(Exception, match="between 1 and 3"):
+        client.predict("tiny", 9, api_name="/edit_generated")
+    sample = client.predict("tiny", "photo: wood", api_name="/sample")
+    assert Image.open(sample[0]).size == (256, 256)
 
     switched = client.predict("tiny", api_name="/switch")
     assert switched[0] is None and switched[1] is None  # images cleared for the new model

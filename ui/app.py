@@ -38,6 +38,7 @@ COMPRESS_MAX_PIXELS = 8_000_000
 MAX_COMPRESS_FILES = 32
 MAX_ARCHIVE_BYTES = 64 * 2**20
 CODEC_CLASS = "HVAECompressionPipeline"
+SAMPLE_PHOTOS = Path(__file__).resolve().parents[1] / "tests" / "data" / "photos"
 COMPRESS_COLUMNS = [
     "image",
     "size",
@@ -120,6 +121,33 @@ def slider_updates(models: dict[str, str], model: str) -> list:
     return updates + [gr.update(visible=False, value=0.0)] * (MAX_SLIDERS - len(names))
 
 
+def sample_images() -> dict[str, Image.Image]:
+    """The pictures the Edit tab offers without an upload: held-out scenes and the two
+    photo crops shipped with the tests (the app's own files, never a user's path)."""
+    from hvae.data.shapes import ShapesDataset
+    from hvae.demo import HELD_OUT_SEED
+
+    scenes = ShapesDataset(3, seed=HELD_OUT_SEED, size=64)
+    samples = {f"scene {i + 1}": scenes[i][0] for i in range(3)}
+    for path in sorted(SAMPLE_PHOTOS.glob("*.png")):
+        samples[f"photo: {path.stem}"] = load_image(path)
+    return samples
+
+
+def encode_image(models: dict[str, str], model: str, image: Image.Image):
+    """An image -> (codes kept in the session, the image as given, the unedited decode)."""
+    pipe = editor(models, model)
+    side = pipe.edit_size
+    if side is not None and image.size != (side, side):
+        gr.Info(f"resized to {side}x{side}: this pipeline's sliders were fitted at that size")
+        image = image.resize((side, side), Image.Resampling.LANCZOS)
+    try:
+        codes = pipe.encode([image])
+    except HVAEError as error:
+        raise gr.Error(str(error)) from None
+    return codes, image, pipe.decode(codes)[0]
+
+
 def encode_upload(models: dict[str, str], model: str, path: str | None):
     """Upload -> (codes kept in the session, the image as uploaded, the unedited decode)."""
     if not path:
@@ -128,12 +156,7 @@ def encode_upload(models: dict[str, str], model: str, path: str | None):
         image = load_image(path, max_pixels=UPLOAD_MAX_PIXELS)
     except HVAEError as error:
         raise gr.Error(_readable(error)) from None
-    pipe = editor(models, model)
-    try:
-        codes = pipe.encode([image])
-    except HVAEError as error:
-        raise gr.Error(str(error)) from None
-    return codes, image, pipe.decode(codes)[0]
+    return encode_image(models, model, image)
 
 
 def apply_edits(models: dict[str, str], model: str, codes, *strengths: float) -> Image.Image:
@@ -319,6 +342,10 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
                 )
                 for i in range(MAX_SLIDERS)
             ]
+            with gr.Row():
+                samples = sample_images()
+                sample = gr.Dropdown(list(samples), value=next(iter(samples)), label="or a sample")
+                use_sample = gr.Button("edit this sample")
             reset = gr.Button("reset")
         with gr.Tab("Generate"):
             with gr.Row():
@@ -328,6 +355,10 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
             run = gr.Button("generate")
             gallery = gr.Gallery(label="samples", columns=8)
             archive = gr.File(label="download all (zip)")
+            generated = gr.State([])
+            with gr.Row():
+                which = gr.Number(1, label="sample number to edit", precision=0)
+                edit_generated = gr.Button("edit it (Edit tab)")
         with gr.Tab("Compress"):
             gr.Markdown(
                 f"Codec: **{codec}**. Each image is entropy-coded under the hierarchical VAE; "
@@ -377,6 +408,31 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
             [codes, before, after, *sliders],
             api_name="encode",
         )
+
+        def on_image(name, image):
+            state, original, decoded = encode_image(models, name, image)
+            return [state, original, decoded] + [gr.update(value=0.0)] * MAX_SLIDERS
+
+        use_sample.click(
+            lambda name, key: on_image(name, samples[key]),
+            [model, sample],
+            [codes, before, after, *sliders],
+            api_name="sample",
+        )
+
+        def on_generated(name, images, number):
+            if not images:
+                raise gr.Error("generate some samples first")
+            if not 1 <= int(number) <= len(images):
+                raise gr.Error(f"sample number must be between 1 and {len(images)}")
+            return on_image(name, images[int(number) - 1])
+
+        edit_generated.click(
+            on_generated,
+            [model, generated, which],
+            [codes, before, after, *sliders],
+            api_name="edit_generated",
+        )
         for slider in sliders:
             slider.release(
                 lambda name, state, *s: apply_edits(models, name, state, *s),
@@ -398,10 +454,15 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
             [codes, before, after, *sliders],
             api_name="switch",
         )
+
+        def on_generate(name, s, t, n):
+            images, zipped = generate(models, name, s, t, n)
+            return images, zipped, images
+
         run.click(
-            lambda name, s, t, n: generate(models, name, s, t, n),
+            on_generate,
             [model, seed, temperature, count],
-            [gallery, archive],
+            [gallery, archive, generated],
             api_name="generate",
         )
         # Compression is the heaviest event: one at a time, so slider edits keep a core.
