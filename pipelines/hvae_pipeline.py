@@ -307,7 +307,7 @@ class HVAEPipeline(DiffusionPipeline):
         return edited
 
     def _features(self, codes: HVAECodes) -> torch.Tensor:
-        """Stage-2 decode of possibly edited codes. Below the highest edited group, either
+        """Stage-2 decode of possibly edited codes. Below the deepest edited group, either
 
         - ``delta`` (the default): the edited groups and those above them are decoded
           with every lower group at its prior mean, before and after the edit, and
@@ -317,8 +317,8 @@ class HVAEPipeline(DiffusionPipeline):
         - ``residuals``: lower latents are rebuilt from their residuals under the
           new priors (kept in prior stds, not as values), so they follow the edit.
 
-        ``benchmarks/editing.py --mode`` measures both; on the scenes model the
-        residuals pin the old colours (see the README).
+        ``benchmarks/editing.py --mode`` measures both. A field over every group
+        leaves no group below it, so there the two agree.
         """
         if not codes.edited_groups or not codes.priors:
             return self.hvae.decode(codes)
