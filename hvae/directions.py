@@ -213,7 +213,7 @@ class DirectionField(nn.Module):
         dim: int,
         components: int,
         groups: Sequence[int] = (0,),
-        hidden: int = 128,
+        hidden: int = 256,
     ):
         super().__init__()
         self.names, self.groups = list(names), list(groups)
