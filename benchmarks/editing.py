@@ -32,7 +32,7 @@ import torch
 from hvae.data.images import to_pil, to_tensor
 from hvae.data.scene_estimate import estimate
 from hvae.data.shapes import HUES, ORIENTATIONS, SCALES, SHAPES, ShapesDataset
-from hvae.demo import HELD_OUT_SEED, pipeline_image_size
+from hvae.demo import HELD_OUT_SEED
 from hvae.metrics import psnr
 from pipelines import HVAEPipeline
 from pipelines.hvae_pipeline import EDIT_MODES
@@ -110,7 +110,7 @@ def main() -> None:
     pipe = HVAEPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     pipe.edit_mode = args.mode
-    size = pipeline_image_size(pipe)
+    size = pipe.training_image_size
     scenes_and_factors = held_out(args.n, size)
     scenes = [image for image, _ in scenes_and_factors]
     truths = [factors.as_dict() for _, factors in scenes_and_factors]

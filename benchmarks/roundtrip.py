@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from hvae.demo import held_out_scenes, pipeline_image_size, round_trip_psnr
+from hvae.demo import held_out_scenes, round_trip_psnr
 from pipelines import HVAEPipeline
 
 
@@ -29,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
 
     pipe = HVAEPipeline.from_pretrained(args.model)
-    scenes = held_out_scenes(args.n, pipeline_image_size(pipe))
+    scenes = held_out_scenes(args.n, pipe.training_image_size)
     started = time.time()
     measured: dict[str, list] = {"stage1": [], "round_trip": [], "latents_only": []}
     for start in range(0, args.n, args.batch_size):

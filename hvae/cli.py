@@ -268,9 +268,7 @@ def cmd_directions_fit(args) -> int:
             "choose exactly one of --labels CSV, --folders, --auto, --pca K, --scenes N"
         )
     if args.scenes is not None:
-        from hvae.demo import pipeline_image_size
-
-        images, labels = directions.scene_labels(args.scenes, args.seed, pipeline_image_size(pipe))
+        images, labels = directions.scene_labels(args.scenes, args.seed, pipe.training_image_size)
         source = "scenes"
     else:
         if not args.inputs:

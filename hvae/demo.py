@@ -25,10 +25,6 @@ def image_grid(rows: list[list[Image.Image]]) -> Image.Image:
     return grid
 
 
-def pipeline_image_size(pipe) -> int:
-    return pipe.hvae.config.sample_size * pipe.stage1.stride
-
-
 def held_out_scenes(n: int, size: int) -> list[Image.Image]:
     dataset = ShapesDataset(n, seed=HELD_OUT_SEED, size=size)
     return [dataset[i][0] for i in range(n)]
@@ -57,7 +53,7 @@ def round_trip_psnr(pipe, images: list[Image.Image]) -> dict[str, torch.Tensor]:
 def run_demo(pipe, out_dir: Path, n: int = 8) -> dict:
     started = time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
-    size = pipeline_image_size(pipe)
+    size = pipe.training_image_size
     scenes = held_out_scenes(max(n, 2), size)
 
     measured = round_trip_psnr(pipe, scenes)

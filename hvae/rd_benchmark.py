@@ -61,16 +61,21 @@ def jpeg_within(image: Image.Image, max_bytes: int) -> tuple[int, bytes]:
     return best
 
 
-def _decode_pillow(data: bytes) -> tuple[Image.Image, float]:
+def decode_pillow(data: bytes) -> tuple[Image.Image, float]:
     start = time.perf_counter()
     with Image.open(io.BytesIO(data)) as opened:
         image = opened.convert("RGB")
     return image, time.perf_counter() - start
 
 
-def _scores(original: torch.Tensor, image: Image.Image) -> tuple[float, float]:
+def image_scores(original: torch.Tensor, image: Image.Image) -> tuple[float, float | None]:
+    """(PSNR, MS-SSIM) of ``image`` against ``original`` (a (1, 3, H, W) tensor in [-1, 1]);
+    MS-SSIM is None under 161 pixels, where its five scales do not fit."""
     decoded = to_tensor([image])
-    return float(psnr(decoded, original)[0]), float(ms_ssim(decoded, original)[0])
+    small = min(original.shape[-2:]) < 161
+    return float(psnr(decoded, original)[0]), None if small else float(
+        ms_ssim(decoded, original)[0]
+    )
 
 
 def ms_ssim_db(value: float) -> float:
@@ -145,7 +150,7 @@ def run_rd_benchmark(
             start = time.perf_counter()
             decoded = pipe.decode_image(payload, (image.height, image.width))
             decode_s = time.perf_counter() - start
-            p, m = _scores(original, decoded)
+            p, m = image_scores(original, decoded)
             rows["ours"].append(
                 {
                     "image": path.name,
@@ -162,8 +167,8 @@ def run_rd_benchmark(
         for codec, settings in SETTINGS.items():
             for setting in settings:
                 data_bytes, encode_s = pillow_codec(codec, image, setting)
-                decoded, decode_s = _decode_pillow(data_bytes)
-                p, m = _scores(original, decoded)
+                decoded, decode_s = decode_pillow(data_bytes)
+                p, m = image_scores(original, decoded)
                 rows[codec].append(
                     {
                         "image": path.name,
@@ -247,7 +252,7 @@ def speed_at(pipe, images: list[Image.Image], side: int = SPEED_SIDE) -> dict:
             encoded.append(data)
             encode_total += seconds
         for data in encoded:
-            decode_total += _decode_pillow(data)[1]
+            decode_total += decode_pillow(data)[1]
         label = f"{codec} q{setting}" + (" speed 6" if codec == "AVIF" else "")
         results[label] = {
             "encode_img_s": len(crops) / encode_total,

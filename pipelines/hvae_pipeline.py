@@ -184,7 +184,12 @@ class HVAEPipeline(DiffusionPipeline):
         spatial = any(
             d.field is not None and d.field.groups != [0] for d in self._directions.values()
         )
-        return self.hvae.config.sample_size * self.stage1.stride if spatial else None
+        return self.training_image_size if spatial else None
+
+    @property
+    def training_image_size(self) -> int:
+        """The image side stage 2 was trained at (its sample size times the stage-1 stride)."""
+        return self.hvae.config.sample_size * self.stage1.stride
 
     @property
     def directions(self) -> list[str]:
@@ -317,13 +322,16 @@ class HVAEPipeline(DiffusionPipeline):
         - ``residuals``: lower latents are rebuilt from their residuals under the
           new priors (kept in prior stds, not as values), so they follow the edit.
 
-        ``benchmarks/editing.py --mode`` measures both. A field over every group
-        leaves no group below it, so there the two agree.
+        ``benchmarks/editing.py --mode`` measures both. When the deepest group is
+        edited (a field over every group), no group lies below and the edited
+        latents decode as they are.
         """
         if not codes.edited_groups or not codes.priors:
             return self.hvae.decode(codes)
         top = max(codes.edited_groups)  # the deepest edited group
         lower = len(codes.latents) - top - 1
+        if lower == 0:  # every group was edited or lies above an edited one: nothing to carry
+            return self.hvae.decode(list(codes.latents), feature_size=codes.feature_size)
         if self.edit_mode == "residuals":
             given = list(codes.latents[: top + 1]) + [None] * lower
             return self.hvae.decode(

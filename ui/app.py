@@ -13,7 +13,6 @@ compression at a time.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import tempfile
 import zipfile
@@ -200,17 +199,9 @@ def _unique_stems(paths: list[str]) -> list[str]:
     return names
 
 
-def _scores(original: Image.Image, decoded: Image.Image) -> tuple[float, float | None]:
-    from hvae.metrics import ms_ssim, psnr
-
-    a, b = to_tensor([decoded]), to_tensor([original])
-    small = min(original.size) < 161  # MS-SSIM's five scales need 161 pixels
-    return float(psnr(a, b)[0]), None if small else float(ms_ssim(a, b)[0])
-
-
 def compress_uploads(models: dict[str, str], paths: list[str] | None, quality: float):
     """Uploads -> (path of the .hvz, rows of the per-image table, the decoded images)."""
-    from hvae.rd_benchmark import jpeg_within
+    from hvae.rd_benchmark import decode_pillow, image_scores, jpeg_within
 
     if not paths:
         raise gr.Error("upload one or more images first")
@@ -241,9 +232,9 @@ def compress_uploads(models: dict[str, str], paths: list[str] | None, quality: f
                 decoded = pipe.decode_image(payload, (image.height, image.width))
                 decoded_images.append((decoded, name))
                 jpeg_quality, jpeg = jpeg_within(image, len(payload))
-                with Image.open(io.BytesIO(jpeg)) as opened:
-                    jpeg_image = opened.convert("RGB")
-                ours, theirs = _scores(image, decoded), _scores(image, jpeg_image)
+                original = to_tensor([image])
+                ours = image_scores(original, decoded)
+                theirs = image_scores(original, decode_pillow(jpeg)[0])
                 pixels = image.width * image.height
                 rows.append(
                     [
@@ -398,9 +389,12 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
                 decoded_zip = gr.File(label="decoded images (zip)")
             decoded = gr.Gallery(label="decoded images", columns=6, elem_id="decoded")
 
+        def into_editor(encoded):
+            """(codes, image, decode) -> the Edit tab's outputs, every slider back at 0."""
+            return [*encoded] + [gr.update(value=0.0)] * MAX_SLIDERS
+
         def on_upload(name, path):
-            state, original, decoded = encode_upload(models, name, path)
-            return [state, original, decoded] + [gr.update(value=0.0)] * MAX_SLIDERS
+            return into_editor(encode_upload(models, name, path))
 
         upload.upload(
             on_upload,
@@ -410,8 +404,7 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
         )
 
         def on_image(name, image):
-            state, original, decoded = encode_image(models, name, image)
-            return [state, original, decoded] + [gr.update(value=0.0)] * MAX_SLIDERS
+            return into_editor(encode_image(models, name, image))
 
         use_sample.click(
             lambda name, key: on_image(name, samples[key]),
