@@ -203,7 +203,15 @@ class GenerateJob(BatchJob):
     key = "index"
     description = "generating"
 
-    def __init__(self, n: int, out_dir: Path, seed: int, temperature: float):
+    def __init__(
+        self,
+        n: int,
+        out_dir: Path,
+        seed: int,
+        temperature: float,
+        prior: str = "auto",
+        sampler: str = "",
+    ):
         if n < 1:
             raise HVAEError(f"-n must be positive, got {n}")
         self.n, self.out_dir, self.seed, self.temperature = (
@@ -212,6 +220,9 @@ class GenerateJob(BatchJob):
             seed,
             temperature,
         )
+        # ``sampler`` names the prior actually drawn from (pipe.sampler_id), so a resumed run
+        # cannot mix samples of two priors.
+        self.prior, self.sampler = prior, sampler
         self.total = n
 
     def settings(self, fingerprint: str) -> dict:
@@ -219,6 +230,7 @@ class GenerateJob(BatchJob):
             "seed": self.seed,
             "temperature": self.temperature,
             "model": fingerprint,
+            "sampler": self.sampler,
         }
 
     def plan(self, manifest: Manifest) -> list[dict]:
@@ -229,7 +241,11 @@ class GenerateJob(BatchJob):
         images = in_micro_batches(
             indices,
             lambda chunk: pipe.sample(
-                len(chunk), temperature=self.temperature, seed=self.seed, indices=chunk
+                len(chunk),
+                temperature=self.temperature,
+                seed=self.seed,
+                indices=chunk,
+                prior=self.prior,
             ),
         )
         return [

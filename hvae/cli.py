@@ -233,7 +233,9 @@ def cmd_generate(args) -> int:
     from hvae.batch import GenerateJob
 
     pipe = load_pipeline(args.model)
-    job = GenerateJob(args.n, Path(args.out), args.seed, args.temperature)
+    job = GenerateJob(
+        args.n, Path(args.out), args.seed, args.temperature, args.prior, pipe.sampler_id(args.prior)
+    )
     return run_batch(job, pipe, args)
 
 
@@ -324,6 +326,54 @@ def cmd_directions_fit(args) -> int:
     else:
         pipe.save_directions(out / "directions")
     print(f"saved {len(pipe.directions)} directions to {out / 'directions'}")
+    return 0
+
+
+def cmd_prior_fit(args) -> int:
+    from hvae.batch import list_inputs
+    from hvae.data.images import load_image
+    from hvae.directions import group_latents, scene_labels
+    from hvae.latent_prior import FittedPrior
+
+    pipe = load_pipeline(args.model)
+    if (args.scenes is None) == (not args.inputs):
+        raise HVAEError("give either image files or folders, or --scenes N")
+    if args.scenes is not None:
+        images, _ = scene_labels(args.scenes, args.seed, pipe.training_image_size)
+        source = f"{args.scenes} rendered scenes, seed {args.seed}"
+    else:
+        images = [load_image(Path(i.path)) for i in list_inputs(args.inputs)]
+        source = f"{len(images)} images from {', '.join(args.inputs)}"
+    size = pipe.training_image_size
+    wrong = [i for i, image in enumerate(images) if image.size != (size, size)]
+    if wrong:
+        raise HVAEError(
+            f"{len(wrong)} of {len(images)} images are not {size}×{size}, the training size "
+            "(the prior models spatial groups at that size)"
+        )
+    hvae = pipe.hvae
+    feature_size = (hvae.config.sample_size,) * 2
+    shapes = hvae.group_shapes(feature_size)
+    finest = max(g.resolution for g in hvae.latent_groups)
+    count = args.groups or sum(g.resolution < finest for g in hvae.latent_groups) or 1
+    if count > len(shapes):
+        raise HVAEError(f"--groups {count}: this model has {len(shapes)} latent groups")
+    groups = list(range(count))
+    latents = group_latents(pipe, images, groups)
+    pipe.fitted_prior, log_likelihood = FittedPrior.fit(
+        latents, groups, [shapes[g] for g in groups], args.components, args.mixtures
+    )
+    print(
+        f"fitted a {args.mixtures}-component mixture over {pipe.fitted_prior.components} principal "
+        f"components of groups {groups} ({latents.shape[1]} dimensions) on {len(images)} images; "
+        f"mean log-likelihood {log_likelihood:.1f} nats"
+    )
+    out = Path(args.out or args.model)
+    if args.out:
+        pipe.save_pretrained(out)
+    about = {"fitted_on": source, "log_likelihood": log_likelihood}
+    pipe.save_fitted_prior(out / "sample_prior", about)
+    print(f"saved the sampling prior to {out / 'sample_prior'}")
     return 0
 
 
@@ -564,8 +614,60 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.8,
         help="scale of every group's prior std (default: 0.8)",
     )
+    p.add_argument(
+        "--prior",
+        choices=["auto", "fitted", "model"],
+        default="auto",
+        help="fitted: draw the top latent groups from the pipeline's fitted prior (sample_prior/, "
+        "made by 'hvae prior fit') and the rest from the model; model: every group from the "
+        "model's own prior; auto (default): the fitted prior when the pipeline has one",
+    )
     _add_batch_args(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "prior",
+        help="fit the prior that generate draws the top latent groups from",
+        description="Fit a Gaussian mixture over the principal components of the top latent groups' "
+        "posterior means on training images, and save it in the pipeline folder (sample_prior/). "
+        "generate and sample() then draw those groups from it and the groups below from the model's "
+        "conditional priors: a VAE's own prior rarely covers where its encoder puts real images, and "
+        "samples fall in the gaps. Fit on the images the model was trained on, at its training size.",
+    )
+    prior_sub = p.add_subparsers(dest="prior_command", required=True, metavar="ACTION")
+    q = prior_sub.add_parser(
+        "fit",
+        help="fit and save the sampling prior",
+        description="Fit the sampling prior of a pipeline on images (files or folders, all of the "
+        "training size) or on --scenes N rendered scenes.",
+    )
+    q.add_argument("inputs", nargs="*", help="image files or folders to fit on")
+    q.add_argument("--model", default=default_model(), help=model_help)
+    q.add_argument(
+        "--scenes", type=_positive_int, metavar="N", help="fit on N rendered training scenes"
+    )
+    q.add_argument(
+        "--seed", type=int, default=0, help="seed of the --scenes (default: 0, the training seed)"
+    )
+    q.add_argument(
+        "--groups",
+        type=_positive_int,
+        default=None,
+        metavar="G",
+        help="the top G latent groups get the fitted prior (default: every group coarser than "
+        "the feature map)",
+    )
+    q.add_argument(
+        "--components",
+        type=_positive_int,
+        default=64,
+        help="principal components the mixture models (default: 64)",
+    )
+    q.add_argument(
+        "--mixtures", type=_positive_int, default=32, help="mixture components (default: 32)"
+    )
+    q.add_argument("-o", "--out", help="write a new pipeline folder instead of updating --model")
+    q.set_defaults(func=cmd_prior_fit)
 
     p = sub.add_parser(
         "directions",

@@ -103,7 +103,7 @@ def run_demo(pipe, out_dir: Path, n: int = 8) -> dict:
         "reconstructions (rows: input, stage 1 only, stage-2 latents alone, pipeline round trip): "
         f"{recon_path}"
     )
-    print(f"samples at temperature 0.8: {samples_path}")
+    print(f"samples at temperature 0.8 ({pipe.sampler_id().split(' ')[0]} prior): {samples_path}")
     print(
         f"edit strip (input, then {direction_name} at strengths {list(strip_strengths)}"
         f"{', then the target scene' if strip_end else ''}): {strip_path}"

@@ -2,7 +2,8 @@
 
 The pipeline only composes two models, as diffusers pipelines do: a stage-1
 diffusers autoencoder (``autoencoder``) and the stage-2 ``HierarchicalVAE``
-(``hvae``). Named edit directions are stored beside them in ``directions/``.
+(``hvae``). Named edit directions are stored beside them in ``directions/``, and a
+prior fitted to the top groups' posteriors, which ``sample`` uses, in ``sample_prior/``.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from hvae.data.images import pad_to_multiple, to_pil
 from hvae.directions import DirectionField, flatten_groups, project_out, unflatten_groups
 from hvae.errors import HVAEError
 from hvae.fingerprint import fingerprint
+from hvae.latent_prior import FittedPrior
 from hvae.model import HierarchicalVAE, HVAECodes
 
 DIRECTIONS_FOLDER = "directions"
+SAMPLE_PRIOR_FOLDER = "sample_prior"
+SAMPLE_PRIORS = ("auto", "fitted", "model")
 
 
 @dataclass
@@ -82,6 +86,8 @@ class HVAEPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(autoencoder=autoencoder, hvae=hvae)
         self._directions: dict[str, Direction] = {}
+        # Set by from_pretrained or ``hvae prior fit``; see hvae.latent_prior.
+        self.fitted_prior: FittedPrior | None = None
 
     # ------------------------------------------------------------ loading and saving
     @classmethod
@@ -92,11 +98,18 @@ class HVAEPipeline(DiffusionPipeline):
         )
         if path.exists():
             pipe.load_directions(path / DIRECTIONS_FOLDER)
+            pipe.fitted_prior = FittedPrior.load(path / SAMPLE_PRIOR_FOLDER)
         return pipe
 
     def save_pretrained(self, save_directory, **kwargs) -> None:
         super().save_pretrained(save_directory, **kwargs)
         self.save_directions(Path(save_directory) / DIRECTIONS_FOLDER)
+        self.save_fitted_prior(Path(save_directory) / SAMPLE_PRIOR_FOLDER)
+
+    def save_fitted_prior(self, folder: Path, about: dict | None = None) -> None:
+        shutil.rmtree(folder, ignore_errors=True)  # a stale prior must not outlive its model
+        if self.fitted_prior is not None:
+            self.fitted_prior.save(folder, about)
 
     def save_directions(self, folder: Path) -> None:
         # Replace, never merge: stale directions of an earlier model must not survive a save.
@@ -379,10 +392,16 @@ class HVAEPipeline(DiffusionPipeline):
         start: int = 0,
         indices: Sequence[int] | None = None,
         size: tuple[int, int] | None = None,
+        prior: str = "auto",
     ) -> list[Image.Image]:
         """``n`` images from the prior: images ``start`` .. ``start + n - 1`` of the run ``seed``,
         or the images ``indices``. Image ``i`` depends only on (seed, i), never on which others
-        are drawn with it. ``size`` (height, width) defaults to the training size."""
+        are drawn with it. ``size`` (height, width) defaults to the training size.
+
+        ``prior``: "fitted" draws the top groups from the pipeline's fitted prior
+        (``hvae.latent_prior``) and the rest from the model's conditional priors; "model"
+        draws every group from the model's own prior; "auto" (default) uses the fitted prior
+        when the pipeline has one for this size. ``temperature`` scales every draw's spread."""
         if indices is None:
             if n < 1:
                 raise HVAEError(f"n must be positive, got {n}")
@@ -392,19 +411,50 @@ class HVAEPipeline(DiffusionPipeline):
         generators = [
             torch.Generator(self.device).manual_seed(image_seed(seed, i)) for i in indices
         ]
-        feature_size = None
+        feature_size = (self.hvae.config.sample_size,) * 2
         if size is not None:
             stride = self.stage1.stride
             if size[0] % stride or size[1] % stride:
                 raise HVAEError(f"sample size {size} must be a multiple of the stride {stride}")
             feature_size = (size[0] // stride, size[1] // stride)
-        features = self.hvae.sample(
-            len(generators),
-            temperature=temperature,
-            generator=generators,
-            feature_size=feature_size,
-        )
+        fitted = self._sample_prior(prior, feature_size)
+        if fitted is None:
+            features = self.hvae.sample(
+                len(generators),
+                temperature=temperature,
+                generator=generators,
+                feature_size=feature_size,
+            )
+        else:
+            latents: list[torch.Tensor | None] = [None] * len(self.hvae.latent_groups)
+            for group, z in zip(fitted.groups, fitted.sample(generators, temperature), strict=True):
+                latents[group] = z.to(self.device, self.hvae.dtype)
+            features = self.hvae.decode(
+                latents, temperature=temperature, generator=generators, feature_size=feature_size
+            )
         return to_pil(self.stage1.decode(features))
+
+    def sampler_id(self, prior: str = "auto") -> str:
+        """What ``sample(prior=prior)`` at the training size draws from: "model prior", or
+        "fitted prior" and the fitted prior's fingerprint."""
+        fitted = self._sample_prior(prior, (self.hvae.config.sample_size,) * 2)
+        return "model prior" if fitted is None else f"fitted prior {fingerprint(fitted)}"
+
+    def _sample_prior(self, prior: str, feature_size: tuple[int, int]) -> FittedPrior | None:
+        """The fitted prior that ``sample(prior=...)`` draws the top groups from, or None for
+        the model's own prior."""
+        if prior not in SAMPLE_PRIORS:
+            raise HVAEError(f"prior must be one of {', '.join(SAMPLE_PRIORS)}, got {prior!r}")
+        fitted = self.fitted_prior
+        applies = fitted is not None and fitted.fits(self.hvae.group_shapes(feature_size))
+        if prior == "fitted" and not applies:
+            raise HVAEError(
+                "this pipeline has no fitted prior; fit one with 'hvae prior fit'"
+                if fitted is None
+                else f"the fitted prior was fitted for another sample size than {feature_size} "
+                "features; use prior='model' or the training size"
+            )
+        return fitted if prior != "model" and applies else None
 
     def __call__(
         self,

@@ -149,3 +149,21 @@ def estimate(image: Image.Image, references: int = 3000) -> dict:
         names, counts = np.unique(nearest, return_counts=True)
         factors["shape"] = str(names[counts.argmax()])
     return factors
+
+
+def has_scene_layout(image: Image.Image) -> bool:
+    """Whether the wall corners share one saturated colour and the floor corners another: the
+    layout every scene has, and what a blurred or colour-bleeding sample lacks."""
+    pixels = np.asarray(image.convert("RGB")).astype(float)
+    top_left, top_right = pixels[2, 2], pixels[2, -3]
+    bottom_left, bottom_right = pixels[-3, 2], pixels[-3, -3]
+    walls_agree = np.abs(top_left - top_right).max() < 40
+    floors_agree = np.abs(bottom_left - bottom_right).max() < 40
+    saturated = all(
+        colorsys.rgb_to_hsv(*(corner / 255.0))[1] > 0.7 for corner in (top_left, bottom_left)
+    )
+    return bool(walls_agree and floors_agree and saturated)
+
+
+def count_scene_like(images) -> int:
+    return sum(has_scene_layout(image) for image in images)
