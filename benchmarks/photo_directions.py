@@ -10,6 +10,7 @@ strength, in the statistic's own units and in sds of it over these pictures,
 and how far the *other* statistics moved (in their sds) at ±2.
 
     python benchmarks/photo_directions.py [--model checkpoints/photo-edit] [--data data/photos/heldout]
+        [--keep-others]
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ def main() -> None:
     parser.add_argument("--model", default="checkpoints/photo-edit")
     parser.add_argument("--data", default="data/photos/heldout")
     parser.add_argument("--side", type=int, default=256)
+    parser.add_argument(
+        "--keep-others",
+        action="store_true",
+        help="edit each direction with keep= every other direction (conditional editing)",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -55,7 +61,9 @@ def main() -> None:
         base = image_statistics(pipe.decode(codes)[0])
         for name in names:
             for strength in STRENGTHS:
-                edited = pipe.decode(pipe.edit(codes, {name: strength}))[0] if strength else None
+                keep = [n for n in names if n != name] if args.keep_others else None
+                edits = {name: strength}
+                edited = pipe.decode(pipe.edit(codes, edits, keep))[0] if strength else None
                 measured = image_statistics(edited) if edited is not None else base
                 stats[name][strength].append(measured)
     spread = {s: np.std([row[s] for n in names for row in stats[n][0.0]]) for s in AUTO_STATISTICS}
@@ -79,7 +87,8 @@ def main() -> None:
                 "others_per_unit_sd": float(np.mean(side_effects)),
             }
         )
-    print(f"{len(paths)} held-out pictures at {args.side} px; model {pipe.fingerprint()}")
+    kept = ", each with keep= the others" if args.keep_others else ""
+    print(f"{len(paths)} held-out pictures at {args.side} px{kept}; model {pipe.fingerprint()}")
     print(
         "| direction | monotone −2…+2 | change per unit strength | in sds over these pictures "
         "| other statistics per unit (sds) |"
@@ -93,7 +102,14 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
-                {"pictures": [str(p) for p in paths], "side": args.side, "rows": rows}, f, indent=1
+                {
+                    "pictures": [str(p) for p in paths],
+                    "side": args.side,
+                    "keep_others": args.keep_others,
+                    "rows": rows,
+                },
+                f,
+                indent=1,
             )
 
 

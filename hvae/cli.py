@@ -312,12 +312,20 @@ def cmd_directions_fit(args) -> int:
             )
         )
     else:
-        fits = directions.fit_directions(pipe, images, labels, source, args.all_groups)
-        where = "every group's latents" if args.all_groups else "the global latents"
+        kind = "all-groups-field" if args.all_groups else args.kind
+        if args.all_groups and args.kind not in ("field", "all-groups-field"):
+            raise HVAEError(
+                f"--all-groups is --kind all-groups-field; it cannot go with --kind {args.kind}"
+            )
+        fits = directions.fit_directions(pipe, images, labels, source, kind)
+        where = {
+            "field": "the field reads it from the global latents",
+            "all-groups-field": "the field reads it from every group's latents",
+            "moments": "a ridge regression reads it from the global latents",
+        }[kind]
         print(
             "\n".join(
-                f"{name}: R² {r2:.3f} (the attribute as the field reads it from {where})"
-                for name, r2 in fits.items()
+                f"{name}: R² {r2:.3f} (the attribute as {where})" for name, r2 in fits.items()
             )
         )
     out = Path(args.out or args.model)
@@ -714,11 +722,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(fit at the size you will edit at; large photos are also slow to encode)",
     )
     q.add_argument(
-        "--all-groups",
-        action="store_true",
-        help="fit over every latent group, not just the global one: edits what only the spatial "
-        "groups hold (layout, size, shape), for images of the size fitted on",
+        "--kind",
+        choices=["field", "all-groups-field", "moments"],
+        default="field",
+        help="field (default): a direction field over the global group, any image size; "
+        "all-groups-field: a field over every group, which edits what only the spatial groups hold "
+        "(layout, size, shape), for images of the size fitted on; moments: shift and scale every "
+        "latent channel and the kept detail per sd of the attribute, any image size (what photo "
+        "statistics such as warmth, contrast and sharpness need)",
     )
+    q.add_argument("--all-groups", action="store_true", help="the same as --kind all-groups-field")
     q.add_argument("-o", "--out", help="write a new pipeline folder instead of updating --model")
     q.set_defaults(func=cmd_directions_fit)
 

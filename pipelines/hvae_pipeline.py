@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from hvae.autoencoder import FeatureAutoencoder
 from hvae.data.images import pad_to_multiple, to_pil
-from hvae.directions import DirectionField, flatten_groups, project_out, unflatten_groups
+from hvae.directions import DirectionField, MomentDirections, load_direction_set, project_out
 from hvae.errors import HVAEError
 from hvae.fingerprint import fingerprint
 from hvae.latent_prior import FittedPrior
@@ -36,13 +36,14 @@ SAMPLE_PRIORS = ("auto", "fitted", "model")
 @dataclass
 class Direction:
     """A vector added to one latent group (``strength`` 1 adds it once), or attribute
-    ``index`` of a ``DirectionField`` (then ``vector`` is its linear summary)."""
+    ``index`` of a direction set, a ``DirectionField`` or ``MomentDirections`` (then
+    ``vector`` is its linear summary in the global group)."""
 
     vector: torch.Tensor
     group: int = 0
     source: str = "user"
     units: str = "vector"
-    field: DirectionField | None = None
+    field: DirectionField | MomentDirections | None = None
     index: int = 0
 
 
@@ -127,16 +128,7 @@ class HVAEPipeline(DiffusionPipeline):
             if d.field is not None:
                 metadata[name] |= {"field": fields.index(d.field), "index": d.index}
         (folder / "directions.json").write_text(json.dumps(metadata, indent=2))
-        described = [
-            {
-                "names": f.names,
-                "groups": f.groups,
-                "dim": f.dim,
-                "components": f.basis.shape[1],
-                "hidden": f.read[0].out_features,
-            }
-            for f in fields
-        ]
+        described = [f.describe() for f in fields]
         (folder / "fields.json").write_text(json.dumps(described, indent=2))
 
     def direction_metadata(self) -> dict[str, dict]:
@@ -148,7 +140,7 @@ class HVAEPipeline(DiffusionPipeline):
             if d.field is None:
                 metadata[name]["kind"] = "vector"
             else:
-                metadata[name] |= {"kind": "field", "groups": list(d.field.groups)}
+                metadata[name] |= {"kind": d.field.kind, "groups": list(d.field.groups)}
         return metadata
 
     def load_directions(self, folder: Path) -> None:
@@ -158,9 +150,7 @@ class HVAEPipeline(DiffusionPipeline):
         fields = []
         if (folder / "fields.json").is_file():
             for i, spec in enumerate(json.loads((folder / "fields.json").read_text())):
-                field = DirectionField(
-                    spec["names"], spec["dim"], spec["components"], spec["groups"], spec["hidden"]
-                )
+                field = load_direction_set(spec)
                 prefix = f"field{i}."
                 field.load_state_dict(
                     {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -195,7 +185,7 @@ class HVAEPipeline(DiffusionPipeline):
         """The image side every edit needs, when a direction edits spatial groups (those
         fields were fitted on images of the training size); None when any size edits."""
         spatial = any(
-            d.field is not None and d.field.groups != [0] for d in self._directions.values()
+            d.field is not None and not d.field.any_size for d in self._directions.values()
         )
         return self.training_image_size if spatial else None
 
@@ -215,7 +205,7 @@ class HVAEPipeline(DiffusionPipeline):
         group: int = 0,
         source: str = "user",
         units: str = "vector",
-        field: DirectionField | None = None,
+        field: DirectionField | MomentDirections | None = None,
         index: int = 0,
     ) -> None:
         """Make ``name`` editable: ``edit(codes, {name: s})`` adds ``s * vector`` to latent ``group``,
@@ -285,15 +275,16 @@ class HVAEPipeline(DiffusionPipeline):
 
         A field direction moves its attribute and holds every other attribute fitted
         with the same field. ``keep`` names directions whose attributes must not move
-        under vector edits: each vector is projected orthogonally to theirs (in the
-        same group) before it is added. The detail kept at encoding is carried over,
-        so it survives the edit.
+        under vector and moment edits: each vector is projected orthogonally to theirs
+        (in the same group, or the same set of moment directions) before it is added.
+        The detail kept at encoding is carried over, so it survives the edit (moment
+        directions rescale it).
         """
         self.check_directions([*edits, *(keep or ())])
         edited = codes.clone()  # shares codes.base_cache, which belongs to the unedited latents
         if edited.unedited is None:
             edited.unedited = codes.latents
-        moves: dict[int, tuple[DirectionField, torch.Tensor]] = {}
+        moves: dict[int, tuple[DirectionField | MomentDirections, torch.Tensor]] = {}
         for name, strength in edits.items():
             direction = self._directions[name]
             if direction.field is not None:
@@ -311,15 +302,11 @@ class HVAEPipeline(DiffusionPipeline):
             edited.latents[direction.group] = z + float(strength) * vector.to(z.device, z.dtype)
             edited.edited_groups = edited.edited_groups | {direction.group}
         for field, strengths in moves.values():
-            flat = flatten_groups(edited.latents, field.groups)
-            if flat.shape[1] != field.dim:
-                raise HVAEError(
-                    f"directions {', '.join(field.names)} were fitted on codes of another feature "
-                    f"size (their groups hold {field.dim} numbers, these {flat.shape[1]}); "
-                    "use images of the size they were fitted on"
-                )
-            edited.latents = unflatten_groups(
-                field.shift(flat, strengths), edited.latents, field.groups
+            held = [
+                self._directions[k].index for k in keep or () if self._directions[k].field is field
+            ]
+            edited.latents, edited.detail = field.apply(
+                edited.latents, edited.detail, strengths, held
             )
             edited.edited_groups = edited.edited_groups | set(field.groups)
         return edited

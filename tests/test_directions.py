@@ -187,3 +187,82 @@ def test_keep_projects_out_other_directions_and_interpolation_ends_at_both_codes
             torch.allclose(x, y) for x, y in zip(mixed.latents, expected.latents, strict=True)
         )
         assert torch.allclose(mixed.detail, expected.detail)
+
+
+def synthetic_moments(n: int = 400):
+    """Moments of two groups (2 and 3 channels) and a 2-channel detail, where ``warm`` shifts
+    channel 0 of group 1's mean and ``crisp`` raises the detail's spread; ``dark`` moves
+    with ``warm`` (correlated attributes, as in photos)."""
+    generator = torch.Generator().manual_seed(0)
+    warm = torch.randn(n, generator=generator)
+    crisp = torch.randn(n, generator=generator)
+    dark = 0.8 * warm + 0.6 * torch.randn(n, generator=generator)
+    noise = lambda *shape: 0.05 * torch.randn(*shape, generator=generator)  # noqa: E731
+    means = [noise(n, 2), noise(n, 3)]
+    means[1][:, 0] += 0.5 * warm
+    means[1][:, 2] -= 0.5 * dark
+    log_stds = [noise(n, 2), noise(n, 3)]
+    detail = noise(n, 2) + 0.3 * crisp[:, None]
+    moments = {"means": means, "log_stds": log_stds, "detail_log_stds": detail}
+    labels = {"warm": warm.numpy(), "crisp": crisp.numpy(), "dark": dark.numpy()}
+    return moments, labels
+
+
+def test_moment_directions_shift_means_and_scale_spreads_per_sd():
+    moments, labels = synthetic_moments()
+    fitted, _ = directions.MomentDirections.fit(moments, labels)
+    latents = [torch.zeros(1, 2, 1, 1), torch.randn(1, 3, 6, 6)]
+    detail = torch.randn(1, 2, 5, 5)
+
+    moved, same_detail = fitted.apply(latents, detail, torch.tensor([1.0, 0.0, 0.0]))
+    change = (moved[1] - latents[1]).mean((0, 2, 3))
+    assert change[0] == pytest.approx(0.5, abs=0.05)  # warm: +1 sd moves channel 0 by 0.5
+    assert torch.allclose(same_detail, detail, rtol=0.05)
+    spread = moved[1] - moved[1].mean((2, 3), keepdim=True)
+    original = latents[1] - latents[1].mean((2, 3), keepdim=True)
+    assert torch.allclose(spread, original, rtol=0.1, atol=1e-3)  # the layout is kept
+
+    _, crisper = fitted.apply(latents, detail, torch.tensor([0.0, 2.0, 0.0]))
+    assert float(crisper.std() / detail.std()) == pytest.approx(float(np.exp(0.6)), rel=0.05)
+
+
+def test_keep_removes_what_a_moment_direction_carries_of_another():
+    moments, labels = synthetic_moments()
+    fitted, _ = directions.MomentDirections.fit(moments, labels)
+    latents = [torch.zeros(1, 2, 1, 1), torch.zeros(1, 3, 4, 4)]
+    warm = torch.tensor([1.0, 0.0, 0.0])
+    # Fitted alone, warm carries dark's change too (channel 2 falls) ...
+    carried = fitted.apply(latents, None, warm)[0][1].mean((0, 2, 3))
+    assert carried[2] < -0.15
+    # ... and keeping dark projects dark's direction out, while channel 0 still moves.
+    kept = fitted.apply(latents, None, warm, keep=[2])[0][1].mean((0, 2, 3))
+    dark = fitted.apply(latents, None, torch.tensor([0.0, 0.0, 1.0]))[0][1].mean((0, 2, 3))
+    assert abs(float(kept @ dark)) < 0.1 * abs(float(carried @ dark))
+    assert kept[0] > 0.05
+
+
+def test_moment_directions_edit_any_size_and_survive_save_and_load(tiny_pipeline, tmp_path, capsys):
+    images = [image for image, _ in ShapesDataset(16, seed=4, size=64)]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        image.save(folder / f"{i}.png")
+    tiny_pipeline.save_pretrained(tmp_path / "p")
+    args = ["directions", "fit", str(folder), "--auto", "--kind", "moments"]
+    assert main([*args, "--model", str(tmp_path / "p")]) == 0
+    assert "ridge regression" in capsys.readouterr().out
+    pipe = HVAEPipeline.from_pretrained(tmp_path / "p")
+    assert pipe.direction_metadata()["warmth"]["kind"] == "moments"
+    assert pipe.edit_size is None  # moments apply at any size
+
+    wide = Image.new("RGB", (96, 40), (200, 120, 40))
+    codes = pipe.encode([wide])
+    edited = pipe.edit(codes, {"warmth": 1.5}, keep=["brightness"])
+    assert not torch.equal(pipe.decode_tensor(edited), pipe.decode_tensor(codes))
+    assert pipe.decode(edited)[0].size == (96, 40)
+    again = HVAEPipeline.from_pretrained(tmp_path / "p")
+    assert torch.equal(
+        again.decode_tensor(again.edit(codes, {"warmth": 1.5}, keep=["brightness"])),
+        pipe.decode_tensor(edited),
+    )
+    assert main([*args, "--all-groups", "--model", str(tmp_path / "p")]) == 2
