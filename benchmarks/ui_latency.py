@@ -98,23 +98,28 @@ def main() -> None:
 
         latencies: list[float] = []
         errors = [0]
+        reasons: dict[str, int] = {}  # distinct failure messages, so a run says why it lost
         lock = threading.Lock()
 
         def user(index: int) -> None:
             try:
                 own = Client(url, verbose=False)
                 own.predict(model, handle_file(str(scene)), api_name="/encode")
-            except Exception:  # noqa: BLE001 - every failure counts as an error
+            except Exception as error:  # noqa: BLE001 - every failure counts as an error
                 with lock:
                     errors[0] += args.per_client
+                    reason = f"encode: {type(error).__name__}: {error}"[:200]
+                    reasons[reason] = reasons.get(reason, 0) + 1
                 return
             for i in range(args.per_client):
                 started = time.perf_counter()
                 try:
                     own.predict(model, *strengths(index + i), api_name="/edit")
-                except Exception:  # noqa: BLE001
+                except Exception as error:  # noqa: BLE001
                     with lock:
                         errors[0] += 1
+                        reason = f"edit: {type(error).__name__}: {error}"[:200]
+                        reasons[reason] = reasons.get(reason, 0) + 1
                     continue
                 with lock:
                     latencies.append(time.perf_counter() - started)
@@ -142,6 +147,8 @@ def main() -> None:
     print(
         f"\nconcurrent run: {len(latencies)} edits in {wall:.1f} s ({len(latencies) / wall:.1f} edits/s)"
     )
+    for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
+        print(f"failed {count}×: {reason}")
 
 
 if __name__ == "__main__":
