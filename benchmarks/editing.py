@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 
 import numpy as np
 import torch
@@ -60,15 +61,21 @@ def held_out(n: int, size: int):
     return scenes
 
 
-def preserved(before: dict, after: dict, target: str) -> bool:
-    for name, half in HALF_STEP.items():
-        if name == target or np.isnan(before[name]) or np.isnan(after[name]):
-            continue
-        if abs(after[name] - before[name]) >= half:
-            return False
-    if target in SHAPES or before["shape"] is None or after["shape"] is None:
-        return True
-    return before["shape"] == after["shape"]
+def broken(before: dict, after: dict, target: str) -> list[str]:
+    """The factors other than ``target`` that moved by half a step or more (or the shape
+    that changed): empty when the edit preserved the rest."""
+    moved = [
+        name
+        for name, half in HALF_STEP.items()
+        if name != target
+        and not np.isnan(before[name])
+        and not np.isnan(after[name])
+        and abs(after[name] - before[name]) >= half
+    ]
+    if target not in SHAPES and before["shape"] and after["shape"]:
+        if before["shape"] != after["shape"]:
+            moved.append("shape")
+    return moved
 
 
 def can_move(truth: dict, name: str, sign: float) -> bool:
@@ -78,8 +85,9 @@ def can_move(truth: dict, name: str, sign: float) -> bool:
     return min(values) - 1e-9 <= moved <= max(values) + 1e-9
 
 
-def score(name: str, sign: float, truths, before, after) -> tuple[int, int, int]:
-    """(cases, successes, preserved) of one direction at one sign."""
+def score(name: str, sign: float, truths, before, after, moved: Counter) -> tuple[int, int, int]:
+    """(cases, successes, preserved) of one direction at one sign; ``moved`` counts the other
+    factors that broke preservation."""
     cases = successes = kept = 0
     for truth, b, a in zip(truths, before, after, strict=True):
         if name in SHAPES:
@@ -92,7 +100,9 @@ def score(name: str, sign: float, truths, before, after) -> tuple[int, int, int]
             success = not np.isnan(a[name]) and (a[name] - b[name]) * sign >= HALF_STEP[name]
         cases += 1
         successes += bool(success)
-        kept += preserved(b, a, name)
+        others = broken(b, a, name)
+        kept += not others
+        moved.update(others)
     return cases, successes, kept
 
 
@@ -129,10 +139,11 @@ def main() -> None:
             rows.append({"direction": name, "measured": False})
             continue
         totals = np.zeros(3, dtype=int)
+        moved: Counter = Counter()
         for sign in (-1.0, 1.0):
             edited = pipe.decode(pipe.edit(codes, {name: sign * args.strength}))
             after = [estimate(image) for image in edited]
-            totals += score(name, sign, truths, before, after)
+            totals += score(name, sign, truths, before, after, moved)
         cases, successes, kept = (int(t) for t in totals)
         rows.append(
             {
@@ -141,6 +152,7 @@ def main() -> None:
                 "cases": cases,
                 "success": successes / max(1, cases),
                 "preservation": kept / max(1, cases),
+                "moved_others": dict(moved.most_common()),
             }
         )
 
@@ -162,22 +174,25 @@ def main() -> None:
     )
     print(f"zero-edit PSNR {zero_psnr:.2f} dB, stage-1 PSNR {stage1_psnr:.2f} dB")
     print(
-        f"| direction | cases | success (±{args.strength:g}) | preservation (±{args.strength:g}) |"
+        f"| direction | cases | success (±{args.strength:g}) | preservation (±{args.strength:g}) "
+        "| what moved instead (cases) |"
     )
-    print("|---|---|---|---|")
+    print("|---|---|---|---|---|")
     for row in rows:
         if row["measured"]:
+            moved = ", ".join(f"{k} {v}" for k, v in list(row["moved_others"].items())[:3])
             print(
-                f"| {row['direction']} | {row['cases']} | {row['success']:.1%} | {row['preservation']:.1%} |"
+                f"| {row['direction']} | {row['cases']} | {row['success']:.1%} "
+                f"| {row['preservation']:.1%} | {moved or '–'} |"
             )
         else:
-            print(f"| {row['direction']} | – | not measured (no pixel reading) | – |")
+            print(f"| {row['direction']} | – | not measured (no pixel reading) | – | – |")
     measured = [r for r in rows if r["measured"]]
     if measured:
         print(
             f"| all directions | {sum(r['cases'] for r in measured)} "
             f"| {np.mean([r['success'] for r in measured]):.1%} "
-            f"| {np.mean([r['preservation'] for r in measured]):.1%} |"
+            f"| {np.mean([r['preservation'] for r in measured]):.1%} | |"
         )
     print(
         "reader on the inputs: median |error| "
