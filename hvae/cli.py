@@ -376,11 +376,12 @@ def cmd_prior_fit(args) -> int:
         f"components of groups {groups} ({latents.shape[1]} dimensions) on {len(images)} images; "
         f"mean log-likelihood {log_likelihood:.1f} nats"
     )
+    pipe.fitted_prior.about = {"fitted_on": source, "log_likelihood": log_likelihood}
     out = Path(args.out or args.model)
     if args.out:
         pipe.save_pretrained(out)
-    about = {"fitted_on": source, "log_likelihood": log_likelihood}
-    pipe.save_fitted_prior(out / "sample_prior", about)
+    else:
+        pipe.save_fitted_prior(out / "sample_prior")
     print(f"saved the sampling prior to {out / 'sample_prior'}")
     return 0
 

@@ -43,6 +43,7 @@ class FittedPrior(nn.Module):
         super().__init__()
         self.groups = [int(g) for g in groups]
         self.shapes = [tuple(int(s) for s in shape) for shape in shapes]
+        self.about: dict = {}  # what it was fitted on; saved with it
         dim = sum(math.prod(s) for s in self.shapes)
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("basis", torch.zeros(dim, components))  # principal axes
@@ -145,7 +146,7 @@ class FittedPrior(nn.Module):
         )
 
     # ------------------------------------------------------------------ storage
-    def save(self, folder: Path, about: dict | None = None) -> None:
+    def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(folder / WEIGHTS))
         metadata = {
@@ -153,7 +154,8 @@ class FittedPrior(nn.Module):
             "shapes": [list(s) for s in self.shapes],
             "components": self.components,
             "mixtures": self.mixtures,
-        } | (about or {})
+            "about": self.about,
+        }
         (folder / METADATA).write_text(json.dumps(metadata, indent=2))
 
     @classmethod
@@ -170,6 +172,7 @@ class FittedPrior(nn.Module):
                 metadata["mixtures"],
             )
             prior.load_state_dict(load_file(str(folder / WEIGHTS)))
+            prior.about = metadata.get("about", {})
         except (OSError, ValueError, KeyError, RuntimeError) as error:
             raise HVAEError(f"{folder}: could not load the fitted prior ({error})") from None
         return prior.eval()

@@ -107,10 +107,10 @@ class HVAEPipeline(DiffusionPipeline):
         self.save_directions(Path(save_directory) / DIRECTIONS_FOLDER)
         self.save_fitted_prior(Path(save_directory) / SAMPLE_PRIOR_FOLDER)
 
-    def save_fitted_prior(self, folder: Path, about: dict | None = None) -> None:
+    def save_fitted_prior(self, folder: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)  # a stale prior must not outlive its model
         if self.fitted_prior is not None:
-            self.fitted_prior.save(folder, about)
+            self.fitted_prior.save(folder)
 
     def save_directions(self, folder: Path) -> None:
         # Replace, never merge: stale directions of an earlier model must not survive a save.

@@ -59,8 +59,10 @@ def test_each_draw_depends_only_on_its_own_generator():
 
 def test_save_and_load_give_identical_draws(tmp_path):
     prior = fitted()
-    prior.save(tmp_path / "p", {"fitted_on": "test"})
+    prior.about = {"fitted_on": "test"}
+    prior.save(tmp_path / "p")
     loaded = FittedPrior.load(tmp_path / "p")
+    assert loaded.about == {"fitted_on": "test"}
     pairs = zip(prior.sample(generators(4), 0.8), loaded.sample(generators(4), 0.8), strict=True)
     for a, b in pairs:
         assert torch.equal(a, b)
@@ -84,6 +86,7 @@ def test_prior_fit_command_wires_the_prior_into_the_pipeline(tiny_pipeline_dir, 
     assert "saved the sampling prior" in capsys.readouterr().out
     pipe = HVAEPipeline.from_pretrained(tiny_pipeline_dir)
     assert pipe.fitted_prior is not None and pipe.fitted_prior.groups == [0, 1]
+    assert pipe.fitted_prior.about["fitted_on"] == "16 rendered scenes, seed 0"
     assert pipe.sampler_id().startswith("fitted prior ")
     assert pipe.sampler_id("model") == "model prior"
 
@@ -107,6 +110,7 @@ def test_prior_fit_command_wires_the_prior_into_the_pipeline(tiny_pipeline_dir, 
     copy = tmp_path / "copy"
     pipe.save_pretrained(copy)
     again = HVAEPipeline.from_pretrained(copy)
+    assert again.fitted_prior.about == pipe.fitted_prior.about
     assert [a.tobytes() for a in again.sample(2, temperature=0.8, seed=3)] == [
         a.tobytes() for a in fitted_samples
     ]
