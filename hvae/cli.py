@@ -175,6 +175,7 @@ def cmd_train(args) -> int:
         crop_scales=tuple(args.crop_scales) if args.crop_scales else None,
         cache_dir=args.cache_dir,
         resume=not args.no_resume,
+        sample_prior=not args.no_sample_prior,
     )
     if process_state().is_main_process:
         print(f"saved the pipeline (autoencoder + hvae) to {args.out}")
@@ -341,7 +342,7 @@ def cmd_prior_fit(args) -> int:
     from hvae.batch import list_inputs
     from hvae.data.images import load_image
     from hvae.directions import group_latents, scene_labels
-    from hvae.latent_prior import FittedPrior
+    from hvae.latent_prior import fit_to_latents, prior_groups
 
     pipe = load_pipeline(args.model)
     if (args.scenes is None) == (not args.inputs):
@@ -359,24 +360,11 @@ def cmd_prior_fit(args) -> int:
             f"{len(wrong)} of {len(images)} images are not {size}×{size}, the training size "
             "(the prior models spatial groups at that size)"
         )
-    hvae = pipe.hvae
-    feature_size = (hvae.config.sample_size,) * 2
-    shapes = hvae.group_shapes(feature_size)
-    finest = max(g.resolution for g in hvae.latent_groups)
-    count = args.groups or sum(g.resolution < finest for g in hvae.latent_groups) or 1
-    if count > len(shapes):
-        raise HVAEError(f"--groups {count}: this model has {len(shapes)} latent groups")
-    groups = list(range(count))
+    groups = prior_groups(pipe.hvae, args.groups)
     latents = group_latents(pipe, images, groups)
-    pipe.fitted_prior, log_likelihood = FittedPrior.fit(
-        latents, groups, [shapes[g] for g in groups], args.components, args.mixtures
+    pipe.fitted_prior = fit_to_latents(
+        pipe.hvae, latents, groups, args.components, args.mixtures, source
     )
-    print(
-        f"fitted a {args.mixtures}-component mixture over {pipe.fitted_prior.components} principal "
-        f"components of groups {groups} ({latents.shape[1]} dimensions) on {len(images)} images; "
-        f"mean log-likelihood {log_likelihood:.1f} nats"
-    )
-    pipe.fitted_prior.about = {"fitted_on": source, "log_likelihood": log_likelihood}
     out = Path(args.out or args.model)
     if args.out:
         pipe.save_pretrained(out)
@@ -544,6 +532,12 @@ def build_parser() -> argparse.ArgumentParser:
         "their prior mean); 0.25 or so makes the global group carry colours, shape and pose, "
         "which editing needs, at some cost in code length (default: 0)",
     )
+    p.add_argument(
+        "--no-sample-prior",
+        action="store_true",
+        help="do not fit the sampling prior after training (by default the pipeline folder gets "
+        "sample_prior/, fitted to the training features, which generate uses; see 'hvae prior fit')",
+    )
     _add_training_args(p, steps=3000, batch_size=32, lr=2e-3)
     p.set_defaults(func=cmd_train)
 
@@ -673,7 +667,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="principal components the mixture models (default: 64)",
     )
     q.add_argument(
-        "--mixtures", type=_positive_int, default=32, help="mixture components (default: 32)"
+        "--mixtures",
+        type=_positive_int,
+        default=32,
+        help="mixture components (default: 32; at most one per 50 images)",
     )
     q.add_argument("-o", "--out", help="write a new pipeline folder instead of updating --model")
     q.set_defaults(func=cmd_prior_fit)

@@ -178,6 +178,55 @@ class FittedPrior(nn.Module):
         return prior.eval()
 
 
+def prior_groups(hvae, count: int | None = None) -> list[int]:
+    """The top ``count`` groups, by default every group coarser than the finest: the groups that
+    hold what the image is, leaving texture to the model's conditional priors."""
+    groups = hvae.latent_groups
+    finest = max(g.resolution for g in groups)
+    count = count or sum(g.resolution < finest for g in groups) or 1
+    if count > len(groups):
+        raise HVAEError(f"{count} groups asked for: this model has {len(groups)} latent groups")
+    return list(range(count))
+
+
+def fit_to_latents(
+    hvae,
+    latents: torch.Tensor,
+    groups: Sequence[int],
+    components: int = 64,
+    mixtures: int = 32,
+    about: str = "",
+) -> FittedPrior:
+    """``FittedPrior.fit`` on (N, dim) posterior means of ``groups`` at the model's sample size,
+    with fewer mixture components when there are few images (at least 50 images each)."""
+    shapes = hvae.group_shapes((hvae.config.sample_size,) * 2)
+    mixtures = max(1, min(mixtures, len(latents) // 50))
+    prior, log_likelihood = FittedPrior.fit(
+        latents, groups, [shapes[g] for g in groups], components, mixtures
+    )
+    prior.about = {"fitted_on": about, "log_likelihood": log_likelihood}
+    print(
+        f"fitted the sampling prior: a {mixtures}-component mixture over {prior.components} "
+        f"principal components of groups {list(groups)} ({latents.shape[1]} dimensions) on "
+        f"{about}; mean log-likelihood {log_likelihood:.1f} nats"
+    )
+    return prior
+
+
+@torch.no_grad()
+def fit_to_features(hvae, features: torch.Tensor, about: str, batch_size: int = 256) -> FittedPrior:
+    """The sampling prior fitted to the posterior means of training feature maps (N, C, H, W)
+    of the model's sample size: what ``hvae train`` does after training."""
+    from hvae.directions import flatten_groups
+
+    groups = prior_groups(hvae)
+    rows = [
+        flatten_groups(hvae.encode(features[i : i + batch_size]).latents, groups).float().cpu()
+        for i in tqdm(range(0, len(features), batch_size), desc="encoding for the prior")
+    ]
+    return fit_to_latents(hvae, torch.cat(rows), groups, about=about)
+
+
 def _fit_mixture(
     x: torch.Tensor, mixtures: int, iterations: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:

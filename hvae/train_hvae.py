@@ -33,6 +33,9 @@ PRESETS = {
 }
 
 
+PRIOR_CROPS = 4096  # crops the sampling prior is fitted on, when training on crops
+
+
 def make_hvae(preset: str, in_channels: int, sample_size: int, **overrides) -> HierarchicalVAE:
     if preset not in PRESETS:
         raise HVAEError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -190,9 +193,12 @@ def train_hvae(
     cache_dir: str = "cache",
     save_pipeline: bool = True,
     resume: bool = True,
+    sample_prior: bool = True,
     **model_overrides,
 ) -> HierarchicalVAE:
-    """Train stage 2 on ``autoencoder``'s features of ``data``; save a pipeline folder to ``out_dir``."""
+    """Train stage 2 on ``autoencoder``'s features of ``data``; save a pipeline folder to ``out_dir``,
+    with a sampling prior fitted to the training features (``hvae.latent_prior``) unless
+    ``sample_prior`` is False."""
     ae_model = load_autoencoder(autoencoder)
     stage1 = FeatureAutoencoder(ae_model)
     # Build the model first: an architecture that does not fit the feature size
@@ -225,7 +231,18 @@ def train_hvae(
         description="stage 2",
     )
     if save_pipeline and state.is_main_process:
+        from hvae.latent_prior import fit_to_features
         from pipelines import HVAEPipeline
 
-        HVAEPipeline(autoencoder=ae_model, hvae=ema).save_pretrained(out_dir)
+        pipe = HVAEPipeline(autoencoder=ae_model, hvae=ema)
+        if sample_prior:
+            if crop_scales:
+                count = -(-PRIOR_CROPS // config.batch_size)
+                batch_steps = range(config.steps, config.steps + count)  # crops no step trained on
+                training = torch.cat([batches(step) for step in batch_steps])[:PRIOR_CROPS]
+                about = f"{len(training)} random crops of the training features"
+            else:
+                training, about = features, f"the {len(features)} training feature maps"
+            pipe.fitted_prior = fit_to_features(ema, training, about)
+        pipe.save_pretrained(out_dir)
     return ema

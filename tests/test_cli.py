@@ -21,6 +21,7 @@ SUBCOMMANDS = [
     "decompress",
     "info",
     "benchmark",
+    "prior",
 ]
 
 

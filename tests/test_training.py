@@ -232,6 +232,13 @@ def test_train_on_random_crops_of_a_photo_folder(tmp_path):
     args += ["--cache-dir", str(tmp_path / "cache")]
     assert main(args) == 0
     pipe = HVAEPipeline.from_pretrained(out)
+    # The folder gets a sampling prior fitted to crops of the training features ...
+    assert pipe.fitted_prior is not None
+    assert pipe.fitted_prior.about["fitted_on"] == "4096 random crops of the training features"
+    assert pipe.sampler_id().startswith("fitted prior")
+    # ... unless asked not to.
+    assert main([*args, "--no-sample-prior", "--out", str(tmp_path / "bare")]) == 0
+    assert HVAEPipeline.from_pretrained(tmp_path / "bare").fitted_prior is None
     # Trained on 64-pixel crops, it encodes whole images of other sizes (the global group pools).
     codes = pipe.encode([Image.open(data / "0.png")])
     assert codes.latents[0].shape[-2:] == (1, 1) and codes.feature_size == (24, 24)
