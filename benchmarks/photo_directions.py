@@ -45,7 +45,8 @@ def main() -> None:
     parser.add_argument(
         "--keep-others",
         action="store_true",
-        help="edit each direction with keep= every other direction (conditional editing)",
+        help="edit each direction with keep= every other direction (conditional editing; "
+        "moment and vector directions project, a direction field already holds the others)",
     )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()

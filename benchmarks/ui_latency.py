@@ -108,8 +108,8 @@ def main() -> None:
             except Exception as error:  # noqa: BLE001 - every failure counts as an error
                 with lock:
                     errors[0] += args.per_client
-                    reason = f"encode: {type(error).__name__}: {error}"[:200]
-                    reasons[reason] = reasons.get(reason, 0) + 1
+                    reason = f"encode (all of this client's edits): {type(error).__name__}: {error}"
+                    reasons[reason[:200]] = reasons.get(reason[:200], 0) + args.per_client
                 return
             for i in range(args.per_client):
                 started = time.perf_counter()

@@ -209,8 +209,8 @@ class GenerateJob(BatchJob):
         out_dir: Path,
         seed: int,
         temperature: float,
-        prior: str = "auto",
-        sampler: str = "",
+        prior: str,
+        sampler: str,
     ):
         if n < 1:
             raise HVAEError(f"-n must be positive, got {n}")

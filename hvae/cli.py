@@ -270,6 +270,15 @@ def cmd_directions_fit(args) -> int:
         raise HVAEError(
             "choose exactly one of --labels CSV, --folders, --auto, --pca K, --scenes N"
         )
+    # Option conflicts fail before any image is read.
+    if args.all_groups and args.kind not in ("field", "all-groups-field"):
+        raise HVAEError(
+            f"--all-groups is --kind all-groups-field; it cannot go with --kind {args.kind}"
+        )
+    if args.pca is not None and (args.all_groups or args.kind != "field"):
+        raise HVAEError(
+            "--pca fits vectors in the global group; it takes no --kind or --all-groups"
+        )
     if args.scenes is not None:
         images, labels = directions.scene_labels(args.scenes, args.seed, pipe.training_image_size)
         source = "scenes"
@@ -314,10 +323,6 @@ def cmd_directions_fit(args) -> int:
         )
     else:
         kind = "all-groups-field" if args.all_groups else args.kind
-        if args.all_groups and args.kind not in ("field", "all-groups-field"):
-            raise HVAEError(
-                f"--all-groups is --kind all-groups-field; it cannot go with --kind {args.kind}"
-            )
         fits = directions.fit_directions(pipe, images, labels, source, kind)
         where = {
             "field": "the field reads it from the global latents",
@@ -343,6 +348,7 @@ def cmd_prior_fit(args) -> int:
     from hvae.data.images import load_image
     from hvae.directions import group_latents, scene_labels
     from hvae.latent_prior import fit_to_latents, prior_groups
+    from pipelines.hvae_pipeline import SAMPLE_PRIOR_FOLDER
 
     pipe = load_pipeline(args.model)
     if (args.scenes is None) == (not args.inputs):
@@ -369,8 +375,8 @@ def cmd_prior_fit(args) -> int:
     if args.out:
         pipe.save_pretrained(out)
     else:
-        pipe.save_fitted_prior(out / "sample_prior")
-    print(f"saved the sampling prior to {out / 'sample_prior'}")
+        pipe.save_fitted_prior(out / SAMPLE_PRIOR_FOLDER)
+    print(f"saved the sampling prior to {out / SAMPLE_PRIOR_FOLDER}")
     return 0
 
 
@@ -622,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "fitted", "model"],
         default="auto",
         help="fitted: draw the top latent groups from the pipeline's fitted prior (sample_prior/, "
-        "made by 'hvae prior fit') and the rest from the model; model: every group from the "
+        "made by 'hvae train' or 'hvae prior fit') and the rest from the model; model: every group from the "
         "model's own prior; auto (default): the fitted prior when the pipeline has one",
     )
     _add_batch_args(p)

@@ -151,7 +151,8 @@ def check_labels(labels: dict[str, np.ndarray]) -> None:
 def fit_label_direction(
     latents: torch.Tensor, values: np.ndarray, ridge: float = 1e-3
 ) -> tuple[torch.Tensor, float]:
-    """(direction, R^2) for one attribute; ``latents`` are (N, C) global posterior means.
+    """(direction, R^2) for one attribute; ``latents`` are (N, C): global posterior means, or
+    any per-image quantity (moment directions fit channel means and log spreads this way).
 
     The direction is the change of the mean latent per standard deviation of the
     attribute, ``Cov(z, y) / sd(y)``: the displacement the data itself shows
@@ -364,20 +365,23 @@ class MomentDirections(nn.Module):
     ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Latents and detail moved by ``strengths`` (K,). Each moved attribute's direction
         (all its shifts and log scales as one vector) is first projected orthogonally to
-        those of the attributes ``keep`` (indices), as ``keep`` does for vector edits."""
+        those of the attributes ``keep`` (indices), as ``keep`` does for vector edits. That
+        vector mixes mean shifts (latent units) with log scales (unitless), so "orthogonal"
+        weighs both as they come; it is a first-order way to hold the kept statistics."""
+        channels = [getattr(self, f"shift{g}").shape[1] for g in self.groups]
+        if [z.shape[1] for z in latents] != channels:
+            raise HVAEError(
+                f"directions {', '.join(self.names)} were fitted on a model whose groups have "
+                f"{channels} channels; these codes have {[z.shape[1] for z in latents]}"
+            )
         parts = self._parts()
         matrix = torch.cat(parts, 1)  # (K, every shift and log scale)
-        combined = torch.zeros(matrix.shape[1])
+        combined = matrix.new_zeros(matrix.shape[1])
         for k, strength in enumerate(strengths.tolist()):
             if strength:
                 held = [matrix[j] for j in keep if j != k]
                 combined += strength * project_out(matrix[k], held)
         pieces = iter(combined.split([p.shape[1] for p in parts]))
-        if len(latents) != len(self.groups):
-            raise HVAEError(
-                f"directions {', '.join(self.names)} were fitted on a model with "
-                f"{len(self.groups)} latent groups, these codes have {len(latents)}"
-            )
         moved = []
         for z in latents:
             shift = next(pieces).to(z)[None, :, None, None]
@@ -450,9 +454,13 @@ def project_out(vector: torch.Tensor, others: Sequence[torch.Tensor]) -> torch.T
     if not others:
         return vector
     basis = torch.stack([o.flatten().double() for o in others], 1)
-    q, _ = torch.linalg.qr(basis)
+    # An orthonormal basis of the span from the SVD, not QR: kept directions that repeat or
+    # depend on each other span fewer dimensions than their count, and QR would add
+    # arbitrary ones and strip an unrelated part of the edit.
+    u, singular, _ = torch.linalg.svd(basis, full_matrices=False)
+    span = u[:, singular > singular.max() * 1e-9] if singular.max() > 0 else u[:, :0]
     flat = vector.flatten().double()
-    return (flat - q @ (q.T @ flat)).reshape(vector.shape).to(vector.dtype)
+    return (flat - span @ (span.T @ flat)).reshape(vector.shape).to(vector.dtype)
 
 
 # ---------------------------------------------------------------- the pipeline side
@@ -504,7 +512,9 @@ def channel_moments(pipe, images: Sequence[Image.Image]) -> dict[str, list[torch
             z = z[0].flatten(1).float().cpu()
             means[g].append(z.mean(1))
             log_stds[g].append(z.std(1, correction=0).clamp_min(1e-6).log())
-        detail.append(codes.detail[0].flatten(1).float().cpu().std(1).clamp_min(1e-6).log())
+        detail.append(
+            codes.detail[0].flatten(1).float().cpu().std(1, correction=0).clamp_min(1e-6).log()
+        )
     return {
         "means": [torch.stack(m) for m in means],
         "log_stds": [torch.stack(s) for s in log_stds],

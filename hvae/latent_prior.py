@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 from hvae.errors import HVAEError
 
 WEIGHTS, METADATA = "prior.safetensors", "prior.json"
+MAX_POINTS = 20000  # a random subset of this many latents when more are given
 
 
 class FittedPrior(nn.Module):
@@ -80,6 +82,9 @@ class FittedPrior(nn.Module):
         """Fit on (N, dim) flattened posterior means; returns the prior and the mean
         log-likelihood of the principal coordinates under the mixture (nats per image)."""
         z = latents.double()
+        if len(z) > MAX_POINTS:  # EM holds (mixtures, points, components) tensors in float64
+            keep = torch.randperm(len(z), generator=torch.Generator().manual_seed(seed))
+            z = z[keep[:MAX_POINTS]]
         count = z.shape[0]
         if count < 2 * mixtures:
             raise HVAEError(
@@ -173,7 +178,7 @@ class FittedPrior(nn.Module):
             )
             prior.load_state_dict(load_file(str(folder / WEIGHTS)))
             prior.about = metadata.get("about", {})
-        except (OSError, ValueError, KeyError, RuntimeError) as error:
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
             raise HVAEError(f"{folder}: could not load the fitted prior ({error})") from None
         return prior.eval()
 
@@ -235,10 +240,15 @@ def _fit_mixture(
     count, dim = x.shape
     generator = torch.Generator().manual_seed(seed)
     centres = x[torch.randperm(count, generator=generator)[:mixtures]].clone()
-    # A ridge on every covariance keeps a component that collapses onto a few points invertible.
-    ridge = 1e-3 * x.var(0).mean() * torch.eye(dim, dtype=x.dtype)
-    covariances = torch.cov(x.T).expand(mixtures, dim, dim) + ridge
+    # A ridge keeps every covariance invertible, even of identical points.
+    ridge = (1e-3 * x.var(0).mean()).clamp_min(1e-12) * torch.eye(dim, dtype=x.dtype)
+    overall = torch.cov(x.T) + ridge
+    covariances = overall.expand(mixtures, dim, dim).clone()
     log_weights = torch.full((mixtures,), -math.log(mixtures), dtype=x.dtype)
+    # A component holding fewer points than it has dimensions cannot estimate a covariance:
+    # it collapses onto a few training latents and sampling it would copy them. Such a
+    # component starts again at a random point, with the overall covariance.
+    least_mass = dim + 1
     for _ in tqdm(range(iterations), desc="fitting the mixture", dynamic_ncols=True):
         cholesky = torch.linalg.cholesky(covariances)
         log_joint = _component_log_density(x, centres, cholesky) + log_weights[:, None]
@@ -252,6 +262,12 @@ def _fit_mixture(
             torch.einsum("kn,knp,knq->kpq", responsibility, centred, centred) / mass[:, None, None]
             + ridge
         )
+        starved = (mass < least_mass).nonzero().flatten()
+        if len(starved):
+            centres[starved] = x[torch.randint(count, (len(starved),), generator=generator)]
+            covariances[starved] = overall
+            log_weights[starved] = -math.log(mixtures)
+            log_weights = log_weights - torch.logsumexp(log_weights, 0)
     cholesky = torch.linalg.cholesky(covariances)
     log_total = torch.logsumexp(
         _component_log_density(x, centres, cholesky) + log_weights[:, None], 0

@@ -438,8 +438,9 @@ class HVAEPipeline(DiffusionPipeline):
             raise HVAEError(
                 "this pipeline has no fitted prior; fit one with 'hvae prior fit'"
                 if fitted is None
-                else f"the fitted prior was fitted for another sample size than {feature_size} "
-                "features; use prior='model' or the training size"
+                else f"the fitted prior does not fit this model's latents at {feature_size} "
+                "features (fitted at another sample size, or for another model); use "
+                "prior='model', or the training size"
             )
         return fitted if prior != "model" and applies else None
 

@@ -65,7 +65,8 @@ def test_the_scene_check_rejects_what_is_not_a_scene():
 
 def test_samples_at_temperature_0_8_look_like_scenes(pipe):
     assert pipe.fitted_prior is not None  # the bundled folder ships sample_prior/
-    assert count_scene_like(pipe.sample(16, temperature=0.8, seed=0)) >= 14
+    # 64 samples, not 16: at a 7-in-8 floor, 16 would pass or fail on one or two samples.
+    assert count_scene_like(pipe.sample(64, temperature=0.8, seed=0)) >= 56
 
 
 @pytest.mark.xfail(
@@ -74,4 +75,4 @@ def test_samples_at_temperature_0_8_look_like_scenes(pipe):
     "results); sample() uses the fitted prior by default",
 )
 def test_samples_from_the_model_prior_alone_look_like_scenes(pipe):
-    assert count_scene_like(pipe.sample(16, temperature=0.8, seed=0, prior="model")) >= 14
+    assert count_scene_like(pipe.sample(64, temperature=0.8, seed=0, prior="model")) >= 56

@@ -75,18 +75,44 @@ def test_fits_checks_the_group_shapes():
     assert not prior.fits([(2, 1, 1), (2, 4, 4)])
 
 
+def test_a_component_that_collapses_onto_a_few_points_starts_again():
+    """Five far outliers in 10 dimensions and 16 components: without re-seeding, components
+    end up holding almost no points (measured: 0.0), and sampling one copies its points."""
+    jitter = 0.01 * torch.randn(5, 10, generator=torch.Generator().manual_seed(1))
+    points = torch.cat([two_clusters(300), 40.0 + jitter])
+    prior, _ = FittedPrior.fit(points, [0], [(10, 1, 1)], 10, 16)
+    mass = prior.log_weights.exp() * len(points)
+    assert mass.min() >= 11  # more points than dimensions in every component
+
+
+def test_projecting_out_repeated_or_dependent_directions_removes_only_their_span():
+    from hvae.directions import project_out
+
+    a = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    vector = torch.ones(4)
+    assert torch.allclose(project_out(vector, [a, a]), torch.tensor([0.0, 1.0, 1.0, 1.0]))
+    assert torch.allclose(project_out(vector, [a, 2 * a, torch.zeros(4)]), project_out(vector, [a]))
+
+
 def test_too_few_images_is_a_clear_error():
     with pytest.raises(HVAEError, match="at least 64 images"):
         FittedPrior.fit(two_clusters(20), [0, 1], [(2, 1, 1), (2, 2, 2)], 4, 32)
 
 
 def test_prior_fit_command_wires_the_prior_into_the_pipeline(tiny_pipeline_dir, tmp_path, capsys):
-    args = ["prior", "fit", "--scenes", "16", "--mixtures", "2", "--components", "4"]
+    args = ["prior", "fit", "--scenes", "100", "--mixtures", "2", "--components", "4"]
     assert main([*args, "--model", str(tiny_pipeline_dir)]) == 0
-    assert "saved the sampling prior" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "a 2-component mixture" in out and "saved the sampling prior" in out
     pipe = HVAEPipeline.from_pretrained(tiny_pipeline_dir)
     assert pipe.fitted_prior is not None and pipe.fitted_prior.groups == [0, 1]
-    assert pipe.fitted_prior.about["fitted_on"] == "16 rendered scenes, seed 0"
+    assert pipe.fitted_prior.mixtures == 2
+    assert pipe.fitted_prior.about["fitted_on"] == "100 rendered scenes, seed 0"
+
+    # Image i depends only on (seed, i), whichever others are drawn with it.
+    alone = pipe.sample(1, temperature=0.8, seed=3, indices=[4])[0]
+    among = pipe.sample(3, temperature=0.8, seed=3, start=2)[2]
+    assert alone.tobytes() == among.tobytes()
     assert pipe.sampler_id().startswith("fitted prior ")
     assert pipe.sampler_id("model") == "model prior"
 
@@ -133,7 +159,7 @@ def test_prior_fit_refuses_images_of_another_size(tiny_pipeline_dir, tmp_path, c
 def test_generate_with_the_model_prior_and_the_fitted_one_cannot_share_a_folder(
     tiny_pipeline_dir, tmp_path, capsys
 ):
-    fit = ["prior", "fit", "--scenes", "16", "--mixtures", "2", "--components", "4"]
+    fit = ["prior", "fit", "--scenes", "100", "--mixtures", "2", "--components", "4"]
     assert main([*fit, "--model", str(tiny_pipeline_dir)]) == 0
     out = tmp_path / "g"
     generate = ["generate", "-n", "2", "-o", str(out), "--model", str(tiny_pipeline_dir)]
