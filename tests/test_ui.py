@@ -19,9 +19,12 @@ def free_port() -> int:
 
 @pytest.fixture
 def client(tiny_pipeline_dir, tmp_path):
+    from hvae.cli import main
     from tests.conftest import tiny_codec
     from ui.app import MAX_SLIDERS, build_app
 
+    fit = ["prior", "fit", "--scenes", "100", "--mixtures", "2", "--components", "4"]
+    assert main([*fit, "--model", str(tiny_pipeline_dir)]) == 0
     codec_dir = tmp_path / "codec"
     tiny_codec().save_pretrained(codec_dir)
     models = {"tiny": str(tiny_pipeline_dir), "codec": str(codec_dir)}
@@ -72,14 +75,19 @@ def test_every_endpoint_answers(client, tmp_path):
     reset = client.predict("tiny", api_name="/reset")
     assert Image.open(reset[0]).tobytes() == unedited.tobytes()
 
-    gallery, archive = client.predict("tiny", 5, 0.8, 3, api_name="/generate")
+    gallery, archive = client.predict("tiny", 5, 0.8, 3, "auto", api_name="/generate")
     assert len(gallery) == 3
     with zipfile.ZipFile(archive) as zipped:
         assert sorted(zipped.namelist()) == [f"sample_{i:03d}.png" for i in range(3)]
+    # The tiny model has a fitted prior (see the fixture): the model's own prior draws others.
+    own, own_archive = client.predict("tiny", 5, 0.8, 3, "model", api_name="/generate")
+    pixels = [Image.open(item["image"]).tobytes() for item in gallery]
+    assert pixels != [Image.open(item["image"]).tobytes() for item in own]
+    assert own_archive.endswith("_model-prior.zip")
 
-    # A generated image goes to the Edit tab; so does one of the app's own samples.
+    # The last generated image set goes to the Edit tab; so does one of the app's own samples.
     from_gallery = client.predict("tiny", 2, api_name="/edit_generated")
-    assert Image.open(from_gallery[0]).tobytes() == Image.open(gallery[1]["image"]).tobytes()
+    assert Image.open(from_gallery[0]).tobytes() == Image.open(own[1]["image"]).tobytes()
     with pytest.raises(Exception, match="between 1 and 3"):
         client.predict("tiny", 9, api_name="/edit_generated")
     sample = client.predict("tiny", "photo: wood", api_name="/sample")

@@ -170,13 +170,25 @@ def apply_edits(models: dict[str, str], model: str, codes, *strengths: float) ->
     return pipe.decode(pipe.edit(codes, edits) if edits else codes)[0]
 
 
-def generate(models: dict[str, str], model: str, seed: float, temperature: float, count: float):
+def generate(
+    models: dict[str, str],
+    model: str,
+    seed: float,
+    temperature: float,
+    count: float,
+    prior: str = "auto",
+):
     count = int(count)
     if not 1 <= count <= MAX_GENERATE:
         raise gr.Error(f"count must be between 1 and {MAX_GENERATE}")
-    images = editor(models, model).sample(count, temperature=float(temperature), seed=int(seed))
+    if prior not in ("auto", "model"):
+        raise gr.Error(f"prior must be 'auto' or 'model', got {prior!r}")
+    pipe = editor(models, model)
+    images = pipe.sample(count, temperature=float(temperature), seed=int(seed), prior=prior)
     names = [f"sample_{i:03d}" for i in range(len(images))]
-    return images, zip_images(images, names, f"samples_seed{int(seed)}_t{float(temperature):g}.zip")
+    drawn = "" if prior == "auto" else "_model-prior"
+    archive = f"samples_seed{int(seed)}_t{float(temperature):g}{drawn}.zip"
+    return images, zip_images(images, names, archive)
 
 
 def _codec(models: dict[str, str]):
@@ -343,6 +355,14 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
                 seed = gr.Number(0, label="seed", precision=0)
                 temperature = gr.Slider(0.0, 1.5, value=0.8, step=0.05, label="temperature")
                 count = gr.Slider(1, MAX_GENERATE, value=8, step=1, label="count")
+                prior = gr.Radio(
+                    [
+                        ("fitted to real images' latents (when the model has one)", "auto"),
+                        ("the model's own prior", "model"),
+                    ],
+                    value="auto",
+                    label="top latent groups drawn from",
+                )
             run = gr.Button("generate")
             gallery = gr.Gallery(label="samples", columns=8)
             archive = gr.File(label="download all (zip)")
@@ -448,13 +468,13 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
             api_name="switch",
         )
 
-        def on_generate(name, s, t, n):
-            images, zipped = generate(models, name, s, t, n)
+        def on_generate(name, s, t, n, drawn_from):
+            images, zipped = generate(models, name, s, t, n, drawn_from)
             return images, zipped, images
 
         run.click(
             on_generate,
-            [model, seed, temperature, count],
+            [model, seed, temperature, count, prior],
             [gallery, archive, generated],
             api_name="generate",
         )
