@@ -14,7 +14,6 @@ resizes it) through ``gradio_client`` and then measures:
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import tempfile
 import threading
@@ -26,6 +25,7 @@ from gradio_client import Client, handle_file
 from hvae.data.images import load_image
 from hvae.data.shapes import ShapesDataset
 from ui.app import MAX_SLIDERS, apply_edits, build_app, bundled_models, encode_upload, pipeline
+from ui.screenshots import free_port
 
 # A 256x256 crop of a held-out wallpaper, shipped with the tests.
 PHOTO = Path(__file__).resolve().parents[1] / "tests" / "data" / "photos" / "evening_glow.png"
@@ -82,9 +82,7 @@ def main() -> None:
         handler.append(time.perf_counter() - started)
 
     app = build_app(models)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     app.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     url = f"http://127.0.0.1:{port}/"
     try:

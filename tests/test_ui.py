@@ -1,6 +1,5 @@
 """The Gradio editor, driven through gradio_client against a launched app, endpoint by endpoint."""
 
-import socket
 import zipfile
 
 import pytest
@@ -9,12 +8,7 @@ gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
 from hvae.data.shapes import ShapesDataset  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ui.screenshots import free_port  # noqa: E402
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -20,13 +19,12 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 )
 def test_upload_then_slider_changes_the_shown_image(tiny_pipeline_dir, tmp_path):
     from ui.app import build_app
+    from ui.screenshots import free_port, upload_and_move_slider
 
     scene = tmp_path / "scene.png"
     ShapesDataset(1, seed=3, size=64)[0][0].save(scene)
     app = build_app({"tiny": str(tiny_pipeline_dir)})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     app.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     screenshot = Path(os.environ.get("HVAE_UI_SCREENSHOT", tmp_path / "editor.png"))
     try:
@@ -34,20 +32,8 @@ def test_upload_then_slider_changes_the_shown_image(tiny_pipeline_dir, tmp_path)
             browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(f"http://127.0.0.1:{port}/")
-            page.locator("#upload input[type=file]").set_input_files(str(scene))
+            first = upload_and_move_slider(page, scene, 0, 0.9, timeout_ms=60_000)
             after = page.locator("#after img")
-            after.wait_for(timeout=60_000)
-            first = after.get_attribute("src")
-
-            track = page.locator("#slider-0 input[type=range]")
-            box = track.bounding_box()
-            page.mouse.click(box["x"] + box["width"] * 0.9, box["y"] + box["height"] / 2)
-            page.wait_for_function(
-                "old => { const img = document.querySelector('#after img');"
-                " return img && img.getAttribute('src') !== old; }",
-                arg=first,
-                timeout=60_000,
-            )
             assert after.get_attribute("src") != first
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot), full_page=True)

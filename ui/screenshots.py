@@ -22,10 +22,32 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_PHOTOS = sorted((ROOT / "tests" / "data" / "photos").glob("*.png"))
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def upload_and_move_slider(
+    page, image: Path, slider: int, position: float, timeout_ms: int = 120_000
+) -> str:
+    """Upload ``image`` to the Edit tab, release slider ``slider`` at ``position`` (0..1 of its
+    track), and wait until the edited image changes. Returns the image's src before the move."""
+    page.locator("#upload input[type=file]").set_input_files(str(image))
+    after = page.locator("#after img")
+    after.wait_for(timeout=timeout_ms)
+    before = after.get_attribute("src")
+    track = page.locator(f"#slider-{slider} input[type=range]")
+    track.scroll_into_view_if_needed()
+    box = track.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * position, box["y"] + box["height"] / 2)
+    page.wait_for_function(
+        "old => { const img = document.querySelector('#after img');"
+        " return img && img.getAttribute('src') !== old; }",
+        arg=before,
+        timeout=timeout_ms,
+    )
+    return before
 
 
 def _tab(page, name: str) -> None:
@@ -61,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     archive.write_bytes(codec.compress(photos, names=[p.stem for p in SAMPLE_PHOTOS]))
 
     app = build_app(models)
-    port = _free_port()
+    port = free_port()
     app.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     try:
         with sync_playwright() as playwright:
@@ -69,19 +91,7 @@ def main(argv: list[str] | None = None) -> None:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.goto(f"http://127.0.0.1:{port}/")
 
-            page.locator("#upload input[type=file]").set_input_files(str(scene))
-            after = page.locator("#after img")
-            after.wait_for(timeout=120_000)
-            first = after.get_attribute("src")
-            track = page.locator(f"#slider-{args.slider} input[type=range]")
-            track.scroll_into_view_if_needed()
-            box = track.bounding_box()
-            page.mouse.click(box["x"] + box["width"] * args.position, box["y"] + box["height"] / 2)
-            page.wait_for_function(
-                "old => document.querySelector('#after img').getAttribute('src') !== old",
-                arg=first,
-                timeout=120_000,
-            )
+            upload_and_move_slider(page, scene, args.slider, args.position)
             page.screenshot(path=str(out / "ui_edit.png"), full_page=True)
 
             _tab(page, "Generate")
