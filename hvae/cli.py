@@ -93,25 +93,48 @@ def _training_config(args, out_dir: str):
     )
 
 
+ARCHITECTURE_DEFAULTS = {
+    "latent_channels": 4,
+    "widths": [32, 64],
+    "layers_per_block": 1,
+    "patch_size": 2,
+}
+
+
 def cmd_train_autoencoder(args) -> int:
     from hvae.train_autoencoder import train_autoencoder
     from hvae.training import process_state
 
+    architecture = {name: getattr(args, name) for name in ARCHITECTURE_DEFAULTS}
+    if args.init_from is not None:
+        given = [f"--{name.replace('_', '-')}" for name, v in architecture.items() if v is not None]
+        if given:
+            raise HVAEError(
+                f"--init-from {args.init_from} brings its own architecture; drop {', '.join(given)}"
+            )
+    else:
+        architecture = {
+            name: default if architecture[name] is None else architecture[name]
+            for name, default in ARCHITECTURE_DEFAULTS.items()
+        }
     config = _training_config(args, args.out)
     train_autoencoder(
         args.data,
         args.out,
         config,
         crop=args.crop,
-        latent_channels=args.latent_channels,
-        block_out_channels=tuple(args.widths),
-        layers_per_block=args.layers_per_block,
-        patch_size=args.patch_size,
+        latent_channels=architecture["latent_channels"],
+        block_out_channels=tuple(architecture["widths"] or ()),
+        layers_per_block=architecture["layers_per_block"],
+        patch_size=architecture["patch_size"],
         n_scenes=args.scenes,
         cache_dir=args.cache_dir,
         resume=not args.no_resume,
         scales=tuple(args.scales),
         latent_noise=args.latent_noise,
+        init_from=args.init_from,
+        decoder_only=args.train_decoder_only,
+        ms_ssim_weight=args.ms_ssim_weight,
     )
     if process_state().is_main_process:
         print(f"saved the stage-1 autoencoder to {args.out}")
@@ -433,24 +456,38 @@ def build_parser() -> argparse.ArgumentParser:
         default=12000,
         help="number of scenes rendered for --data shapes",
     )
-    p.add_argument(
-        "--latent-channels", type=_positive_int, default=4, help="feature channels (default: 4)"
-    )
+    # Architecture options default to None so that --init-from can tell them apart from
+    # defaults; ARCHITECTURE_DEFAULTS fills them in for a new model.
+    p.add_argument("--latent-channels", type=_positive_int, help="feature channels (default: 4)")
     p.add_argument(
         "--widths",
         type=_positive_int,
         nargs="+",
-        default=[32, 64],
-        help="channels of each resolution stage",
+        help="channels of each resolution stage (default: 32 64)",
     )
     p.add_argument(
         "--layers-per-block",
         type=_positive_int,
-        default=1,
-        help="residual blocks per encoder stage",
+        help="residual blocks per encoder stage (default: 1)",
+    )
+    p.add_argument("--patch-size", type=_positive_int, help="pixel-unshuffle factor (default: 2)")
+    p.add_argument(
+        "--init-from",
+        metavar="DIR",
+        help="continue from this saved PatchAutoencoder folder; its architecture is used, so "
+        "the four options above must not be given",
     )
     p.add_argument(
-        "--patch-size", type=_positive_int, default=2, help="pixel-unshuffle factor (default: 2)"
+        "--train-decoder-only",
+        action="store_true",
+        help="with --init-from: freeze the encoder and its latent scaling, so the features do "
+        "not change and stage-2 models trained on them keep working with the new decoder",
+    )
+    p.add_argument(
+        "--ms-ssim-weight",
+        type=float,
+        default=0.0,
+        help="add W * (1 - MS-SSIM) to the loss; needs --crop of at least 176 (default: 0)",
     )
     p.add_argument(
         "--scales",

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from hvae.data.images import find_images, load_image, to_tensor
 from hvae.errors import HVAEError
-from hvae.metrics import ms_ssim, psnr
+from hvae.metrics import MS_SSIM_MIN_SIDE, ms_ssim, psnr
 
 SETTINGS = {
     "JPEG": [5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95],
@@ -70,9 +70,9 @@ def decode_pillow(data: bytes) -> tuple[Image.Image, float]:
 
 def image_scores(original: torch.Tensor, image: Image.Image) -> tuple[float, float | None]:
     """(PSNR, MS-SSIM) of ``image`` against ``original`` (a (1, 3, H, W) tensor in [-1, 1]);
-    MS-SSIM is None under 161 pixels, where its five scales do not fit."""
+    MS-SSIM is None under ``MS_SSIM_MIN_SIDE`` pixels, where its five scales do not fit."""
     decoded = to_tensor([image])
-    small = min(original.shape[-2:]) < 161
+    small = min(original.shape[-2:]) < MS_SSIM_MIN_SIDE
     return float(psnr(decoded, original)[0]), None if small else float(
         ms_ssim(decoded, original)[0]
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from hvae.data import folder_images, shapes_pixels
 from hvae.data.images import downscaled
 from hvae.errors import HVAEError
-from hvae.metrics import psnr
+from hvae.metrics import MS_SSIM_MIN_SIDE, ms_ssim, psnr
 from hvae.patch_autoencoder import PatchAutoencoder
 from hvae.training import TrainConfig, process_state, train
 
@@ -58,9 +59,10 @@ class CropSampler:
         return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def make_loss(latent_noise: float):
+def make_loss(latent_noise: float, ms_ssim_weight: float = 0.0, decoder_only: bool = False):
     def loss_fn(model, pixels: torch.Tensor, step: int):
-        latents = model.encode(pixels).latents
+        with torch.set_grad_enabled(not decoder_only):
+            latents = model.encode(pixels).latents
         if latent_noise > 0:
             # Noise relative to the latents' own spread, so the decoder learns to
             # tolerate stage-2 reconstruction errors instead of the encoder
@@ -71,7 +73,12 @@ def make_loss(latent_noise: float):
         recon = model.decode(latents).sample.float()
         mse = F.mse_loss(recon, pixels)
         loss = mse + 0.1 * F.l1_loss(recon, pixels)
-        return loss, {"psnr": float(psnr(recon.detach(), pixels).mean())}
+        logged = {"psnr": float(psnr(recon.detach(), pixels).mean())}
+        if ms_ssim_weight > 0:
+            similarity = ms_ssim(recon, pixels, dtype=torch.float32).mean()
+            loss = loss + ms_ssim_weight * (1 - similarity)
+            logged["ms_ssim"] = float(similarity)
+        return loss, logged
 
     return loss_fn
 
@@ -81,6 +88,20 @@ def fit_scaling(model: PatchAutoencoder, pixels: torch.Tensor) -> tuple[float, f
     """Shift and scale that give the latents zero mean and unit variance, like SD's scaling_factor."""
     latents = torch.cat([model.encode(b).latents for b in pixels.split(64)])
     return 1.0 / float(latents.std()), float(latents.mean())
+
+
+def load_patch_autoencoder(folder: str) -> PatchAutoencoder:
+    """A saved ``PatchAutoencoder`` to continue training, or a clear error."""
+    config_path = Path(folder) / "config.json"
+    if not config_path.is_file():
+        raise HVAEError(f"--init-from {folder}: no config.json there (not a saved autoencoder)")
+    class_name = json.loads(config_path.read_text()).get("_class_name")
+    if class_name != PatchAutoencoder.__name__:
+        raise HVAEError(
+            f"--init-from {folder} holds a {class_name}; continuing training needs a "
+            f"{PatchAutoencoder.__name__}"
+        )
+    return PatchAutoencoder.from_pretrained(folder)
 
 
 def load_training_images(
@@ -111,26 +132,49 @@ def train_autoencoder(
     cache_dir: str = "cache",
     resume: bool = True,
     scales: tuple[float, ...] = (1.0,),
+    init_from: str | None = None,
+    decoder_only: bool = False,
+    ms_ssim_weight: float = 0.0,
 ) -> PatchAutoencoder:
-    """Train, fit the latent scaling, save to ``out_dir`` in diffusers format, and return the EMA model."""
+    """Train, fit the latent scaling, save to ``out_dir`` in diffusers format, and return the EMA model.
+
+    ``init_from`` continues from a saved ``PatchAutoencoder`` (its architecture
+    replaces the architecture arguments). With ``decoder_only`` its encoder and
+    latent scaling stay frozen, so the features it gives do not change and every
+    stage-2 model trained on them stays valid with the new decoder.
+    ``ms_ssim_weight`` adds ``w * (1 - MS-SSIM)`` to the loss (crops of at least ``MS_SSIM_MIN_SIDE``).
+    """
+    if decoder_only and init_from is None:
+        raise HVAEError("decoder-only training needs --init-from: a trained encoder to keep")
+    if ms_ssim_weight < 0:
+        raise HVAEError(f"the MS-SSIM weight must be >= 0, got {ms_ssim_weight}")
+    if ms_ssim_weight > 0 and crop < MS_SSIM_MIN_SIDE:
+        raise HVAEError(
+            f"an MS-SSIM loss needs crops of at least {MS_SSIM_MIN_SIDE} pixels, got --crop {crop}"
+        )
     state = process_state()
     with state.main_process_first():  # one process renders the scenes cache, the others read it
         images = load_training_images(data, n_scenes, crop, config.seed, cache_dir)
     sampler = CropSampler(images, crop, config.batch_size, config.seed, scales)
     torch.manual_seed(config.seed)
-    model = PatchAutoencoder(
-        latent_channels=latent_channels,
-        block_out_channels=tuple(block_out_channels),
-        layers_per_block=layers_per_block,
-        patch_size=patch_size,
-    )
+    if init_from is not None:
+        model = load_patch_autoencoder(init_from)
+    else:
+        model = PatchAutoencoder(
+            latent_channels=latent_channels,
+            block_out_channels=tuple(block_out_channels),
+            layers_per_block=layers_per_block,
+            patch_size=patch_size,
+        )
+    if decoder_only:
+        model.encoder.requires_grad_(False)
     config.out_dir = str(Path(out_dir) / "run")
     config.channels_last = True
-    ema = train(
-        model, make_loss(latent_noise), sampler, config, resume=resume, description="stage 1"
-    )
-    scale, shift = fit_scaling(ema, torch.cat([sampler(10_000 + i) for i in range(4)]))
-    ema.register_to_config(scaling_factor=scale, shift_factor=shift)
+    loss_fn = make_loss(latent_noise, ms_ssim_weight, decoder_only)
+    ema = train(model, loss_fn, sampler, config, resume=resume, description="stage 1")
+    if not decoder_only:  # a frozen encoder keeps the scaling stage 2 was trained with
+        scale, shift = fit_scaling(ema, torch.cat([sampler(10_000 + i) for i in range(4)]))
+        ema.register_to_config(scaling_factor=scale, shift_factor=shift)
     if state.is_main_process:
         ema.save_pretrained(out_dir)
     return ema

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hvae.metrics import ms_ssim, psnr
+from hvae.metrics import MS_SSIM_MIN_SIDE, ms_ssim, psnr
 from hvae.rd_benchmark import bd_rate, value_at_bpp
 
 
@@ -14,8 +14,17 @@ def test_ms_ssim_is_one_for_identical_images_and_falls_with_noise():
     ]
     assert scores[0] == pytest.approx(1.0, abs=1e-6)
     assert scores[0] > scores[1] > scores[2] > 0
-    with pytest.raises(ValueError, match="at least 161"):
+    with pytest.raises(ValueError, match="at least 176"):
         ms_ssim(image[..., :100, :], image[..., :100, :])
+
+
+def test_ms_ssim_accepts_its_smallest_size_and_refuses_one_less():
+    # 161 pixels was once accepted here and crashed in the fifth scale's convolution.
+    image = torch.rand(1, 3, MS_SSIM_MIN_SIDE, MS_SSIM_MIN_SIDE) * 2 - 1
+    noisy = (image + 0.1 * torch.randn_like(image)).clamp(-1, 1)
+    assert 0 < float(ms_ssim(image, noisy)) < 1
+    with pytest.raises(ValueError, match="at least 176"):
+        ms_ssim(image[..., 1:, :], noisy[..., 1:, :])
 
 
 def test_psnr_of_a_known_error():

@@ -242,3 +242,42 @@ def test_train_on_random_crops_of_a_photo_folder(tmp_path):
     # Trained on 64-pixel crops, it encodes whole images of other sizes (the global group pools).
     codes = pipe.encode([Image.open(data / "0.png")])
     assert codes.latents[0].shape[-2:] == (1, 1) and codes.feature_size == (24, 24)
+
+
+def test_decoder_only_training_keeps_the_features_and_the_checks_are_clear(tmp_path, capsys):
+    from hvae.cli import main
+    from hvae.data.shapes import ShapesDataset
+    from hvae.patch_autoencoder import PatchAutoencoder
+    from tests.conftest import tiny_autoencoder
+
+    start = tmp_path / "ae"
+    trained = tiny_autoencoder()
+    trained.register_to_config(scaling_factor=0.5, shift_factor=0.25)
+    trained.save_pretrained(start)
+    data = tmp_path / "photos"
+    data.mkdir()
+    for i, (image, _) in enumerate(ShapesDataset(2, seed=1, size=176)):
+        image.save(data / f"{i}.png")
+    common = ["train-autoencoder", "--data", str(data), "--crop", "176", "--batch-size", "2"]
+    common += ["--steps", "3", "--lr", "1e-3", "--mixed-precision", "no"]
+    out = tmp_path / "finetuned"
+    args = [*common, "--out", str(out), "--init-from", str(start), "--train-decoder-only"]
+    assert main([*args, "--ms-ssim-weight", "0.5"]) == 0
+
+    tuned = PatchAutoencoder.from_pretrained(out)
+    for name, value in trained.state_dict().items():
+        same = torch.equal(tuned.state_dict()[name], value)
+        assert same == name.startswith("encoder."), name  # encoder frozen, decoder trained
+    assert (tuned.config.scaling_factor, tuned.config.shift_factor) == (0.5, 0.25)
+    log = [json.loads(line) for line in (out / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert all(0 < row["ms_ssim"] <= 1 for row in log)
+
+    def fails(extra, message):
+        capsys.readouterr()
+        assert main([*common, "--out", str(tmp_path / "x"), *extra]) == 2
+        assert message in capsys.readouterr().err
+
+    fails(["--train-decoder-only"], "needs --init-from")
+    fails(["--init-from", str(start), "--latent-channels", "8"], "drop --latent-channels")
+    fails(["--init-from", str(tmp_path)], "no config.json")
+    fails(["--ms-ssim-weight", "0.5", "--crop", "128"], "at least 176")
