@@ -105,18 +105,11 @@ def cmd_train_autoencoder(args) -> int:
     from hvae.train_autoencoder import train_autoencoder
     from hvae.training import process_state
 
-    architecture = {name: getattr(args, name) for name in ARCHITECTURE_DEFAULTS}
-    if args.init_from is not None:
-        given = [f"--{name.replace('_', '-')}" for name, v in architecture.items() if v is not None]
-        if given:
-            raise HVAEError(
-                f"--init-from {args.init_from} brings its own architecture; drop {', '.join(given)}"
-            )
-    else:
-        architecture = {
-            name: default if architecture[name] is None else architecture[name]
-            for name, default in ARCHITECTURE_DEFAULTS.items()
-        }
+    given = {n: getattr(args, n) for n in ARCHITECTURE_DEFAULTS if getattr(args, n) is not None}
+    if args.init_from is not None and given:
+        options = ", ".join(f"--{name.replace('_', '-')}" for name in given)
+        raise HVAEError(f"--init-from {args.init_from} brings its own architecture; drop {options}")
+    architecture = ARCHITECTURE_DEFAULTS | given  # unused with --init-from
     config = _training_config(args, args.out)
     train_autoencoder(
         args.data,
@@ -124,7 +117,7 @@ def cmd_train_autoencoder(args) -> int:
         config,
         crop=args.crop,
         latent_channels=architecture["latent_channels"],
-        block_out_channels=tuple(architecture["widths"] or ()),
+        block_out_channels=tuple(architecture["widths"]),
         layers_per_block=architecture["layers_per_block"],
         patch_size=architecture["patch_size"],
         n_scenes=args.scenes,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hvae.autoencoder import load_autoencoder
 from hvae.data import folder_images, shapes_pixels
 from hvae.data.images import downscaled
 from hvae.errors import HVAEError
@@ -92,16 +92,13 @@ def fit_scaling(model: PatchAutoencoder, pixels: torch.Tensor) -> tuple[float, f
 
 def load_patch_autoencoder(folder: str) -> PatchAutoencoder:
     """A saved ``PatchAutoencoder`` to continue training, or a clear error."""
-    config_path = Path(folder) / "config.json"
-    if not config_path.is_file():
-        raise HVAEError(f"--init-from {folder}: no config.json there (not a saved autoencoder)")
-    class_name = json.loads(config_path.read_text()).get("_class_name")
-    if class_name != PatchAutoencoder.__name__:
+    model = load_autoencoder(folder)
+    if not isinstance(model, PatchAutoencoder):
         raise HVAEError(
-            f"--init-from {folder} holds a {class_name}; continuing training needs a "
+            f"--init-from {folder} holds a {type(model).__name__}; continuing training needs a "
             f"{PatchAutoencoder.__name__}"
         )
-    return PatchAutoencoder.from_pretrained(folder)
+    return model
 
 
 def load_training_images(
