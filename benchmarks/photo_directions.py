@@ -9,6 +9,11 @@ rises strictly from -2 to +2. The table also gives the mean change per unit
 strength, in the statistic's own units and in sds of it over these pictures,
 and how far the *other* statistics moved (in their sds) at ±2.
 
+The reference columns do the same for the pixel adjustment each ``feature-flow``
+direction is fitted on (``hvae.directions.AUTO_ADJUSTMENTS``, applied once or twice
+each way), encoded and decoded with no edit: what a slider could do at best on
+these pictures. Greyscale pictures, for one, have no saturation to move.
+
     python benchmarks/photo_directions.py [--model checkpoints/photo-edit] [--data data/photos/heldout]
         [--keep-others]
 """
@@ -23,7 +28,7 @@ import torch
 
 from hvae.data import find_images
 from hvae.data.images import load_image
-from hvae.directions import AUTO_STATISTICS, image_statistics
+from hvae.directions import AUTO_ADJUSTMENTS, AUTO_STATISTICS, image_statistics
 from pipelines import HVAEPipeline
 
 STRENGTHS = (-2.0, -1.0, 0.0, 1.0, 2.0)
@@ -33,6 +38,34 @@ def shrunk(path, side: int):
     image = load_image(path)
     image.thumbnail((side, side))
     return image
+
+
+def adjusted(image, name: str, strength: float):
+    """``image`` with the pixel adjustment of ``name`` applied ``|strength|`` times."""
+    for _ in range(int(abs(strength))):
+        image = AUTO_ADJUSTMENTS[name](image, int(np.sign(strength)))
+    return image
+
+
+def summarise(stats, name: str, spread: dict[str, float]) -> dict[str, float]:
+    """Monotone share, change per unit and side effects of one direction's per-picture
+    statistics ``stats[strength][picture]``."""
+    count = len(stats[0.0])
+    curves = np.array([[stats[s][i][name] for s in STRENGTHS] for i in range(count)])
+    monotone = np.all(np.diff(curves, axis=1) > 0, axis=1)
+    per_unit = (curves[:, -1] - curves[:, 0]) / (STRENGTHS[-1] - STRENGTHS[0])
+    side_effects = [
+        abs(stats[2.0][i][o] - stats[-2.0][i][o]) / 4 / max(spread[o], 1e-9)
+        for i in range(count)
+        for o in AUTO_STATISTICS
+        if o != name
+    ]
+    return {
+        "monotone": float(monotone.mean()),
+        "change_per_unit": float(per_unit.mean()),
+        "change_per_unit_sd": float(per_unit.mean() / max(spread[name], 1e-9)),
+        "others_per_unit_sd": float(np.mean(side_effects)),
+    }
 
 
 def main() -> None:
@@ -56,6 +89,7 @@ def main() -> None:
     names = [n for n in pipe.directions if n in AUTO_STATISTICS]
     paths = find_images([args.data])
     stats = {n: {s: [] for s in STRENGTHS} for n in names}  # direction -> strength -> per image
+    reference = {n: {s: [] for s in STRENGTHS} for n in names}  # the same, pixel adjustments
     for path in paths:
         image = shrunk(path, args.side)
         codes = pipe.encode([image])
@@ -63,42 +97,41 @@ def main() -> None:
         for name in names:
             for strength in STRENGTHS:
                 keep = [n for n in names if n != name] if args.keep_others else None
-                edits = {name: strength}
-                edited = pipe.decode(pipe.edit(codes, edits, keep))[0] if strength else None
-                measured = image_statistics(edited) if edited is not None else base
-                stats[name][strength].append(measured)
-    spread = {s: np.std([row[s] for n in names for row in stats[n][0.0]]) for s in AUTO_STATISTICS}
+                if not strength:
+                    stats[name][strength].append(base)
+                    reference[name][strength].append(base)
+                    continue
+                edited = pipe.decode(pipe.edit(codes, {name: strength}, keep))[0]
+                stats[name][strength].append(image_statistics(edited))
+                if name in AUTO_ADJUSTMENTS:
+                    moved = pipe(adjusted(image, name, strength))[0]
+                    reference[name][strength].append(image_statistics(moved))
+    spread = {s: np.std([row[s] for row in stats[names[0]][0.0]]) for s in AUTO_STATISTICS}
     rows = []
     for name in names:
-        curves = np.array([[stats[name][s][i][name] for s in STRENGTHS] for i in range(len(paths))])
-        monotone = np.all(np.diff(curves, axis=1) > 0, axis=1)
-        per_unit = (curves[:, -1] - curves[:, 0]) / (STRENGTHS[-1] - STRENGTHS[0])
-        side_effects = [
-            abs(stats[name][2.0][i][o] - stats[name][-2.0][i][o]) / 4 / max(spread[o], 1e-9)
-            for i in range(len(paths))
-            for o in AUTO_STATISTICS
-            if o != name and o in spread
-        ]
-        rows.append(
-            {
-                "direction": name,
-                "monotone": float(monotone.mean()),
-                "change_per_unit": float(per_unit.mean()),
-                "change_per_unit_sd": float(per_unit.mean() / max(spread[name], 1e-9)),
-                "others_per_unit_sd": float(np.mean(side_effects)),
-            }
-        )
+        row = {"direction": name, **summarise(stats[name], name, spread)}
+        if reference[name][1.0]:
+            ref = summarise(reference[name], name, spread)
+            row |= {f"reference_{k}": v for k, v in ref.items()}
+        rows.append(row)
     kept = ", each with keep= the others" if args.keep_others else ""
     print(f"{len(paths)} held-out pictures at {args.side} px{kept}; model {pipe.fingerprint()}")
     print(
         "| direction | monotone −2…+2 | change per unit strength | in sds over these pictures "
-        "| other statistics per unit (sds) |"
+        "| other statistics per unit (sds) | reference: monotone | reference: sds per unit "
+        "| reference: others (sds) |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
+        ref = (
+            f"{r['reference_monotone']:.0%} | {r['reference_change_per_unit_sd']:+.2f} "
+            f"| {r['reference_others_per_unit_sd']:.2f}"
+            if "reference_monotone" in r
+            else "– | – | –"
+        )
         print(
             f"| {r['direction']} | {r['monotone']:.0%} | {r['change_per_unit']:+.4f} "
-            f"| {r['change_per_unit_sd']:+.2f} | {r['others_per_unit_sd']:.2f} |"
+            f"| {r['change_per_unit_sd']:+.2f} | {r['others_per_unit_sd']:.2f} | {ref} |"
         )
     if args.json:
         with open(args.json, "w") as f:

@@ -265,8 +265,19 @@ def cmd_directions_list(args) -> int:
         print(f"{args.model}: no directions; fit some with 'hvae directions fit'")
     else:
         for name, meta in sorted(rows.items()):
-            print(f"{name:24s} group {meta['group']}  {meta['source']:10s} 1 = one {meta['units']}")
+            print(f"{name:24s} {edits_what(meta):28s} {meta['source']:8s} 1 = one {meta['units']}")
     return 0
+
+
+def edits_what(meta: dict) -> str:
+    """What a direction moves, from its ``direction_metadata`` entry."""
+    if meta["kind"] == "vector":
+        return f"group {meta['group']}"
+    if meta["kind"] == "feature-flow":
+        return "stage-1 features (flow)"
+    groups = meta["groups"]
+    span = f"group {groups[0]}" if len(groups) == 1 else f"groups {groups[0]}-{groups[-1]}"
+    return f"{span} ({meta['kind']})"
 
 
 def cmd_directions_fit(args) -> int:
@@ -294,6 +305,10 @@ def cmd_directions_fit(args) -> int:
     if args.pca is not None and (args.all_groups or args.kind != "field"):
         raise HVAEError(
             "--pca fits vectors in the global group; it takes no --kind or --all-groups"
+        )
+    if args.kind == "feature-flow" and not args.auto:
+        raise HVAEError(
+            "--kind feature-flow is fitted on pixel adjustments of the auto statistics: use --auto"
         )
     if args.scenes is not None:
         images, labels = directions.scene_labels(args.scenes, args.seed, pipe.training_image_size)
@@ -340,16 +355,13 @@ def cmd_directions_fit(args) -> int:
     else:
         kind = "all-groups-field" if args.all_groups else args.kind
         fits = directions.fit_directions(pipe, images, labels, source, kind)
-        where = {
-            "field": "the field reads it from the global latents",
-            "all-groups-field": "the field reads it from every group's latents",
-            "moments": "a ridge regression reads it from the global latents",
+        what = {
+            "field": "the attribute as the field reads it from the global latents",
+            "all-groups-field": "the attribute as the field reads it from every group's latents",
+            "moments": "the attribute as a ridge regression reads it from the global latents",
+            "feature-flow": "the feature changes of the fitting pairs, as the flow predicts them",
         }[kind]
-        print(
-            "\n".join(
-                f"{name}: R² {r2:.3f} (the attribute as {where})" for name, r2 in fits.items()
-            )
-        )
+        print("\n".join(f"{name}: R² {r2:.3f} ({what})" for name, r2 in fits.items()))
     out = Path(args.out or args.model)
     if args.out:
         pipe.save_pretrained(out)
@@ -757,13 +769,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument(
         "--kind",
-        choices=["field", "all-groups-field", "moments"],
+        choices=["field", "all-groups-field", "moments", "feature-flow"],
         default="field",
         help="field (default): a direction field over the global group, any image size; "
         "all-groups-field: a field over every group, which edits what only the spatial groups hold "
         "(layout, size, shape), for images of the size fitted on; moments: shift and scale every "
-        "latent channel and the kept detail per sd of the attribute, any image size (what photo "
-        "statistics such as warmth, contrast and sharpness need)",
+        "latent channel and the kept detail per sd of the attribute, any image size; feature-flow "
+        "(with --auto only): a linear flow of the stage-1 features at every position, fitted on "
+        "each image and the same image brightened, saturated, warmed, ... in pixels, any image size "
+        "(the bundled photo sliders)",
     )
     q.add_argument("--all-groups", action="store_true", help="the same as --kind all-groups-field")
     q.add_argument("-o", "--out", help="write a new pipeline folder instead of updating --model")

@@ -12,6 +12,9 @@ sharpness), so any unlabelled collection gets sliders. Three kinds of direction:
   space and holds the other attributes fitted with it.
 - ``MomentDirections``: per sd of the attribute, the change of every latent
   channel's mean and log spread, and of the kept detail's log spread; any size.
+- ``FeatureFlows`` (``auto`` statistics only): per attribute, a linear flow of
+  the stage-1 features at every position, fitted on pairs of each picture and
+  the same picture adjusted in pixels (brighter, more saturated, ...); any size.
 - vectors in one group: ``Cov(z, y) / sd(y)`` (a field's linear summary), the
   ``pca`` axes of the global posterior means, or any the caller registers.
 
@@ -27,9 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+import torch.nn.functional as F
+from PIL import Image, ImageEnhance
 from torch import nn
 
+from hvae.data.images import to_pil
 from hvae.errors import HVAEError
 
 AUTO_STATISTICS = ("brightness", "saturation", "warmth", "contrast", "sharpness")
@@ -56,6 +61,31 @@ def image_statistics(image: Image.Image) -> dict[str, float]:
 def auto_labels(images: Sequence[Image.Image]) -> dict[str, np.ndarray]:
     stats = [image_statistics(image) for image in images]
     return {name: np.array([s[name] for s in stats]) for name in AUTO_STATISTICS}
+
+
+def _adjust_warmth(image: Image.Image, amount: float) -> Image.Image:
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float64)
+    rgb[..., 0] *= 1 + amount
+    rgb[..., 2] *= 1 - amount
+    return Image.fromarray(np.clip(rgb + 0.5, 0, 255).astype(np.uint8))
+
+
+def _lighten(image: Image.Image, amount: float) -> Image.Image:
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float64) + 255 * amount
+    return Image.fromarray(np.clip(rgb + 0.5, 0, 255).astype(np.uint8))
+
+
+# Pixel adjustments that move each ``auto`` statistic, as functions of (image, step) for
+# steps -1 and +1; ``FeatureFlows`` learns what they do to the features. Each step moves
+# its statistic by about 0.2-0.6 sd on photos: big enough to measure through stage 1,
+# small enough that one linear flow describes both directions.
+AUTO_ADJUSTMENTS = {
+    "brightness": lambda image, step: _lighten(image, 0.06 * step),
+    "saturation": lambda image, step: ImageEnhance.Color(image).enhance(1.6**step),
+    "warmth": lambda image, step: _adjust_warmth(image, 0.08 * step),
+    "contrast": lambda image, step: ImageEnhance.Contrast(image).enhance(1.3**step),
+    "sharpness": lambda image, step: ImageEnhance.Sharpness(image).enhance(1 + 0.9 * step),
+}
 
 
 def read_label_table(path: str | Path) -> tuple[list[str], dict[str, list[float]]]:
@@ -424,10 +454,154 @@ class MomentDirections(nn.Module):
         return directions.eval(), fits
 
 
-def load_direction_set(spec: dict) -> DirectionField | MomentDirections:
+FLOW_BANDS = 3  # the image mean, the smooth deviation from it, and the detail
+FLOW_BOX = 3  # the box filter that separates the smooth band from the detail
+
+
+def feature_bands(features: torch.Tensor) -> torch.Tensor:
+    """(N, 3C, H, W): the features' mean over the image, the smooth band's deviation from
+    it (a FLOW_BOX box mean), and the detail band; the three add up to the features."""
+    half = FLOW_BOX // 2
+    smooth = F.avg_pool2d(F.pad(features, (half,) * 4, mode="replicate"), FLOW_BOX, 1)
+    mean = features.mean((2, 3), keepdim=True).expand_as(features)
+    return torch.cat([mean, smooth - mean, features - smooth], 1)
+
+
+def flow_features(features: torch.Tensor, generator: torch.Tensor) -> torch.Tensor:
+    """Features moved along the flow ``exp(generator)``, which acts on each position's
+    [image mean; smooth deviation; detail; 1]; the moved bands add back up to features."""
+    channels = features.shape[1]
+    step = torch.linalg.matrix_exp(generator.double()).to(features)
+    moved = torch.einsum("dc,nchw->ndhw", step[:-1, :-1], feature_bands(features))
+    moved = moved + step[:-1, -1][None, :, None, None]
+    return moved.unflatten(1, (FLOW_BANDS, channels)).sum(1)
+
+
+class FeatureFlows(nn.Module):
+    """Attribute edits as linear flows of the stage-1 features, the same at every position.
+
+    Per attribute, a generator ``G`` acts on each position's bands (the image's mean
+    features, the smooth deviation from them, the detail) and a constant; strength
+    ``s`` maps them by ``exp(s G)``, and the bands add back up to features. ``G`` is
+    fitted on pairs: each picture and the same picture adjusted in pixels
+    (``AUTO_ADJUSTMENTS``: brighter, more saturated, ...), as the least-squares
+    change of the bands per sd of the statistic, both measured through stage 1.
+
+    Why this form: colour and light are per-pixel linear maps, and the features
+    carry them nearly so; the mean band lets contrast pivot about the picture's
+    own mean, and the detail band lets sharpness scale fine structure. The
+    exponential keeps large strengths sensible (desaturating approaches grey
+    instead of passing through it), and several edits add generators before one
+    exponential. Fitted on pairs, a direction carries what its adjustment changes,
+    not what merely comes with the attribute across pictures (in photos, saturated
+    ones tend to be dark), which regressing across pictures picks up.
+
+    ``keep`` solves a joint fit instead: the band changes of every pair regressed on
+    the changes of the moved and the kept statistics together, so the moved
+    attribute's generator is its change with the kept ones held (to first order).
+    The joint normal equations are stored, so any subset can be kept.
+
+    It moves no latents: an edit adds its generator to ``codes.feature_flow``, and
+    decoding applies it to the features (the latents decoded plus the kept detail).
+    """
+
+    kind = "feature-flow"
+    any_size = True
+    groups: tuple[int, ...] = ()
+    ridge = 1e-4  # relative to the mean diagonal of the normal equations
+
+    def __init__(self, names: Sequence[str], channels: int):
+        super().__init__()
+        self.names = list(names)
+        self.channels = channels
+        size, k = FLOW_BANDS * channels + 1, len(names)
+        self.register_buffer("generators", torch.zeros(k, size, size))
+        # Joint normal equations over (attribute, state) pairs, for ``keep``.
+        self.register_buffer("joint_gram", torch.zeros(k * size, k * size, dtype=torch.float64))
+        self.register_buffer("joint_cross", torch.zeros(k * size, size - 1, dtype=torch.float64))
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "names": self.names, "channels": self.channels}
+
+    def generator(self, strengths: torch.Tensor, keep: Sequence[int] = ()) -> torch.Tensor:
+        """The generator of an edit by ``strengths`` (K,), each moved attribute holding the
+        attributes ``keep`` (indices)."""
+        combined = torch.zeros_like(self.generators[0])
+        for k, strength in enumerate(strengths.tolist()):
+            if strength:
+                held = [j for j in keep if j != k]
+                combined += strength * (self._held(k, held) if held else self.generators[k])
+        return combined
+
+    def _held(self, k: int, held: Sequence[int]) -> torch.Tensor:
+        size = self.generators.shape[1]
+        rows = torch.cat([torch.arange(j * size, (j + 1) * size) for j in (k, *held)])
+        weights = solve_ridge(self.joint_gram[rows][:, rows], self.joint_cross[rows], self.ridge)
+        generator = torch.zeros_like(self.generators[k])
+        generator[:-1] = weights[:size].T.float()
+        return generator
+
+    @classmethod
+    @torch.no_grad()
+    def fit(cls, stage1, images: Sequence[Image.Image]) -> tuple[FeatureFlows, dict[str, float]]:
+        """Fit on ``images`` (any sizes) through ``stage1`` (a ``FeatureAutoencoder``); returns
+        the flows and, per attribute, the R^2 with which its flow predicts the band changes
+        of its fitting pairs."""
+        from tqdm.auto import tqdm
+
+        names = list(AUTO_ADJUSTMENTS)
+
+        def through_stage1(image):
+            features = stage1.encode([image])
+            decoded = to_pil(stage1.decode(features, (image.height, image.width)))[0]
+            bands = feature_bands(features)[0].flatten(1).double()
+            return torch.cat([bands, torch.ones_like(bands[:1])]), image_statistics(decoded)
+
+        originals = [through_stage1(i) for i in tqdm(images, desc="encoding", dynamic_ncols=True)]
+        spread = {n: max(float(np.std([stats[n] for _, stats in originals])), 1e-12) for n in names}
+        flows = cls(names, (originals[0][0].shape[0] - 1) // FLOW_BANDS)
+        size, fits = originals[0][0].shape[0], {}
+        progress = tqdm(
+            total=len(names) * 2 * len(images), desc="fitting flows", dynamic_ncols=True
+        )
+        for k, name in enumerate(names):
+            gram = torch.zeros(size, size, dtype=torch.float64)
+            cross = torch.zeros(size, size - 1, dtype=torch.float64)
+            total = 0.0  # the sum of squared band changes, for R^2
+            for step in (-1, 1):
+                for image, (state, stats) in zip(images, originals, strict=True):
+                    moved, moved_stats = through_stage1(AUTO_ADJUSTMENTS[name](image, step))
+                    change = (moved - state)[:-1]
+                    units = torch.tensor([(moved_stats[n] - stats[n]) / spread[n] for n in names])
+                    inputs = units[k] * state
+                    gram += inputs @ inputs.T
+                    cross += inputs @ change.T
+                    total += float(change.pow(2).sum())
+                    joint = (units.double()[:, None, None] * state[None]).flatten(0, 1)
+                    flows.joint_gram += joint @ joint.T
+                    flows.joint_cross += joint @ change.T
+                    progress.update()
+            weights = solve_ridge(gram, cross, cls.ridge)  # state -> band changes, per sd
+            flows.generators[k, :-1] = weights.T.float()
+            # Residual sum of squares from the normal equations: no pair is kept in memory.
+            residual = total - 2 * (weights * cross).sum() + (weights * (gram @ weights)).sum()
+            fits[name] = 1 - float(residual) / max(total, 1e-12)
+        progress.close()
+        return flows.eval(), fits
+
+
+def solve_ridge(gram: torch.Tensor, cross: torch.Tensor, ridge: float) -> torch.Tensor:
+    """Least-squares weights from normal equations, with a ridge relative to their scale."""
+    eye = torch.eye(len(gram), dtype=gram.dtype)
+    return torch.linalg.solve(gram + ridge * gram.diagonal().mean() * eye, cross)
+
+
+def load_direction_set(spec: dict) -> DirectionField | MomentDirections | FeatureFlows:
     """An empty direction set built from its ``describe()`` entry, ready for its weights."""
     if spec.get("kind", "field") == "moments":
         return MomentDirections(spec["names"], spec["group_channels"], spec["detail_channels"])
+    if spec.get("kind") == "feature-flow":
+        return FeatureFlows(spec["names"], spec["channels"])
     return DirectionField(
         spec["names"], spec["dim"], spec["components"], spec["groups"], spec["hidden"]
     )
@@ -522,7 +696,7 @@ def channel_moments(pipe, images: Sequence[Image.Image]) -> dict[str, list[torch
     }
 
 
-DIRECTION_KINDS = ("field", "all-groups-field", "moments")
+DIRECTION_KINDS = ("field", "all-groups-field", "moments", "feature-flow")
 
 
 def fit_directions(
@@ -534,14 +708,23 @@ def fit_directions(
 ) -> dict[str, float]:
     """Fit and register one direction per attribute, all sharing one direction set: a
     ``DirectionField`` over the global group ("field") or over every group
-    ("all-groups-field"), or ``MomentDirections`` ("moments"). Returns each attribute's R^2
-    as the set reads it from the latents."""
+    ("all-groups-field"), ``MomentDirections`` ("moments") or ``FeatureFlows``
+    ("feature-flow", auto labels only). Returns each attribute's R^2 as the set reads it
+    from the latents (for flows: as each flow predicts its fitting pairs' feature changes)."""
     check_labels(labels)
     if kind not in DIRECTION_KINDS:
         raise HVAEError(f"kind must be one of {', '.join(DIRECTION_KINDS)}, got {kind!r}")
     if len(images) < 8:
         raise HVAEError(f"need at least 8 images to fit directions, got {len(images)}")
-    if kind == "moments":
+    if kind == "feature-flow":
+        if source != "auto":
+            raise HVAEError(
+                "feature flows are fitted on pixel adjustments of the auto statistics; "
+                f"use --auto with --kind feature-flow, not {source} labels"
+            )
+        field, fits = FeatureFlows.fit(pipe.stage1, images)
+        global_latents = global_means(pipe, images)
+    elif kind == "moments":
         moments = channel_moments(pipe, images)
         field, fits = MomentDirections.fit(moments, labels)
         global_latents = moments["means"][0]
@@ -550,12 +733,12 @@ def fit_directions(
         latents = group_latents(pipe, images, groups)
         field, fits = DirectionField.fit(latents, labels, groups)
         global_latents = latents[:, : pipe.hvae.latent_groups[0].z_channels]  # group 0 first
-    for index, (name, values) in enumerate(labels.items()):
+    for name, values in labels.items():
         # The linear direction in the global group stays as the field's first-order summary:
         # what ``keep`` projects out of vector edits.
         direction, _ = fit_label_direction(global_latents, values)
         pipe.register_direction(
-            name, direction, group=0, source=source, units="sd", field=field, index=index
+            name, direction, 0, source, "sd", field=field, index=field.names.index(name)
         )
     return fits
 

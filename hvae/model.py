@@ -248,6 +248,9 @@ class HVAECodes:
     # latents leave out. Edits move the latents and keep it, so detail survives an edit.
     detail: torch.Tensor | None = None
     edited_groups: frozenset[int] = frozenset()  # set by edits: the groups whose latents moved
+    # Set by feature-flow edits: the generator decoding applies to the features (see
+    # hvae.directions.FeatureFlows); None when no such edit was made.
+    feature_flow: torch.Tensor | None = None
     unedited: list[torch.Tensor] | None = None  # set by edits: the latents before the first edit
     # Decodes that depend only on the unedited latents, kept by the pipeline between edits of
     # the same codes (so a slider move costs one stage-2 pass). Shared by clones.
@@ -265,6 +268,7 @@ class HVAECodes:
             image_size=self.image_size,
             detail=self.detail,
             edited_groups=self.edited_groups,
+            feature_flow=self.feature_flow,
             unedited=self.unedited,
             base_cache=self.base_cache,
         )

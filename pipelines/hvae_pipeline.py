@@ -22,7 +22,14 @@ from safetensors.torch import load_file, save_file
 
 from hvae.autoencoder import FeatureAutoencoder
 from hvae.data.images import pad_to_multiple, to_pil
-from hvae.directions import DirectionField, MomentDirections, load_direction_set, project_out
+from hvae.directions import (
+    DirectionField,
+    FeatureFlows,
+    MomentDirections,
+    flow_features,
+    load_direction_set,
+    project_out,
+)
 from hvae.errors import HVAEError
 from hvae.fingerprint import fingerprint
 from hvae.latent_prior import FittedPrior
@@ -36,14 +43,14 @@ SAMPLE_PRIORS = ("auto", "fitted", "model")
 @dataclass
 class Direction:
     """A vector added to one latent group (``strength`` 1 adds it once), or attribute
-    ``index`` of a direction set, a ``DirectionField`` or ``MomentDirections`` (then
-    ``vector`` is its linear summary in the global group)."""
+    ``index`` of a direction set, a ``DirectionField``, ``MomentDirections`` or
+    ``FeatureFlows`` (then ``vector`` is its linear summary in the global group)."""
 
     vector: torch.Tensor
     group: int = 0
     source: str = "user"
     units: str = "vector"
-    field: DirectionField | MomentDirections | None = None
+    field: DirectionField | MomentDirections | FeatureFlows | None = None
     index: int = 0
 
 
@@ -205,7 +212,7 @@ class HVAEPipeline(DiffusionPipeline):
         group: int = 0,
         source: str = "user",
         units: str = "vector",
-        field: DirectionField | MomentDirections | None = None,
+        field: DirectionField | MomentDirections | FeatureFlows | None = None,
         index: int = 0,
     ) -> None:
         """Make ``name`` editable: ``edit(codes, {name: s})`` adds ``s * vector`` to latent ``group``,
@@ -221,9 +228,15 @@ class HVAEPipeline(DiffusionPipeline):
             raise HVAEError(
                 f"direction {name!r} must have {channels} channels for group {group}, got shape {tuple(vector.shape)}"
             )
-        if field is not None and max(field.groups) >= len(groups):
+        if field is not None and field.groups and max(field.groups) >= len(groups):
             raise HVAEError(
                 f"direction {name!r} edits groups {field.groups}; this model has {len(groups)}"
+            )
+        features = self.hvae.config.in_channels
+        if isinstance(field, FeatureFlows) and field.channels != features:
+            raise HVAEError(
+                f"direction {name!r} flows {field.channels}-channel features; "
+                f"this model's have {features}"
             )
         self._directions[name] = Direction(vector, group, source, units, field, index)
 
@@ -256,6 +269,8 @@ class HVAEPipeline(DiffusionPipeline):
         features = self._features(codes)
         if keep_detail and codes.detail is not None:
             features = features + codes.detail.to(features.device, features.dtype)
+        if codes.feature_flow is not None:
+            features = flow_features(features, codes.feature_flow)
         return self.stage1.decode(features, codes.image_size)
 
     def check_directions(self, names: Sequence[str]) -> None:
@@ -278,13 +293,14 @@ class HVAEPipeline(DiffusionPipeline):
         under vector and moment edits: each vector is projected orthogonally to theirs
         (in the same group, or the same set of moment directions) before it is added.
         The detail kept at encoding is carried over, so it survives the edit (moment
-        directions rescale it).
+        directions rescale it). Feature flows move no latents: they add to the
+        generator that decoding applies to the features.
         """
         self.check_directions([*edits, *(keep or ())])
         edited = codes.clone()  # shares codes.base_cache, which belongs to the unedited latents
         if edited.unedited is None:
             edited.unedited = codes.latents
-        moves: dict[int, tuple[DirectionField | MomentDirections, torch.Tensor]] = {}
+        moves: dict[int, tuple[DirectionField | MomentDirections | FeatureFlows, torch.Tensor]] = {}
         for name, strength in edits.items():
             direction = self._directions[name]
             if direction.field is not None:
@@ -305,6 +321,12 @@ class HVAEPipeline(DiffusionPipeline):
             held = [
                 self._directions[k].index for k in keep or () if self._directions[k].field is field
             ]
+            if isinstance(field, FeatureFlows):
+                generator = field.generator(strengths, held)
+                if generator.any():  # a zero edit decodes exactly as the unedited codes
+                    previous = edited.feature_flow
+                    edited.feature_flow = generator if previous is None else previous + generator
+                continue
             edited.latents, edited.detail = field.apply(
                 edited.latents, edited.detail, strengths, held
             )
@@ -368,6 +390,14 @@ class HVAEPipeline(DiffusionPipeline):
         ]
         if start.detail is not None and end.detail is not None:
             mixed.detail = torch.lerp(start.detail, end.detail, t)
+        if start.feature_flow is not None or end.feature_flow is not None:
+            # A flow edit is linear in its generator; no flow is the zero generator.
+            some = start.feature_flow if start.feature_flow is not None else end.feature_flow
+            start_flow, end_flow = (
+                torch.zeros_like(some) if flow is None else flow
+                for flow in (start.feature_flow, end.feature_flow)
+            )
+            mixed.feature_flow = torch.lerp(start_flow, end_flow, t)
         return mixed
 
     @torch.no_grad()

@@ -7,6 +7,7 @@ from PIL import Image
 
 from hvae import directions
 from hvae.cli import main
+from hvae.data.images import to_pil
 from hvae.data.shapes import ShapesDataset
 from hvae.errors import HVAEError
 from pipelines import HVAEPipeline
@@ -266,3 +267,119 @@ def test_moment_directions_edit_any_size_and_survive_save_and_load(tiny_pipeline
         pipe.decode_tensor(edited),
     )
     assert main([*args, "--all-groups", "--model", str(tmp_path / "p")]) == 2
+
+
+class PooledColours:
+    """A stand-in stage 1 whose features are 8x8 mean colours, so pixel adjustments that
+    are linear per pixel (saturation, warmth) are exactly linear maps of the features."""
+
+    def encode(self, images):
+        from hvae.data.images import to_tensor
+
+        return torch.nn.functional.avg_pool2d(to_tensor(list(images)), 8)
+
+    def decode(self, features, image_size):
+        upsampled = torch.nn.functional.interpolate(features, scale_factor=8, mode="nearest")
+        return upsampled[..., : image_size[0], : image_size[1]].clamp(-1, 1)
+
+
+def colour_blocks(n: int, seed: int = 0) -> list[Image.Image]:
+    """Pictures of 8x8 blocks of mid-range colours (no clipping under small adjustments)."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.uniform(60, 190, size=(n, 4, 4, 3)).astype(np.uint8)
+    return [Image.fromarray(b.repeat(8, 0).repeat(8, 1)) for b in blocks]
+
+
+def test_flow_features_is_the_identity_at_zero_and_the_matrix_exponential_otherwise():
+    features = torch.randn(2, 4, 6, 5)
+    size = directions.FLOW_BANDS * 4 + 1
+    assert torch.allclose(
+        directions.flow_features(features, torch.zeros(size, size)), features, atol=1e-6
+    )
+    doubling = torch.zeros(size, size)
+    doubling[:-1, :-1] = torch.eye(size - 1) * np.log(2.0)
+    assert torch.allclose(directions.flow_features(features, doubling), 2 * features, atol=1e-5)
+    shift = torch.zeros(size, size)
+    shift[:4, -1] = torch.tensor([1.0, -1.0, 0.5, 0.0])  # moves the mean band only
+    moved = directions.flow_features(features, shift)
+    expected = features + shift[:4, -1][None, :, None, None]
+    assert torch.allclose(moved, expected, atol=1e-5)
+
+
+def test_feature_flows_fitted_on_pairs_explain_linear_adjustments_and_move_one_sd():
+    images = colour_blocks(16)
+    flows, fits = directions.FeatureFlows.fit(PooledColours(), images)
+    assert flows.names == list(directions.AUTO_ADJUSTMENTS)
+    # Saturation and warmth are per-pixel linear maps, so here exactly linear in the features.
+    assert fits["saturation"] > 0.95 and fits["warmth"] > 0.95, fits
+    # Strength 1 moves the statistic by about one sd of it over the fitting pictures.
+    stage1, held_out = PooledColours(), colour_blocks(8, seed=1)
+    for name in ("saturation", "warmth"):
+        spread = np.std([directions.image_statistics(i)[name] for i in images])
+        k = flows.names.index(name)
+        for image in held_out:
+            features = stage1.encode([image])
+            values = []
+            for strength in (-1.0, 0.0, 1.0):
+                moved = directions.flow_features(features, strength * flows.generators[k])
+                decoded = to_pil(stage1.decode(moved, (32, 32)))[0]
+                values.append(directions.image_statistics(decoded)[name])
+            assert values[0] < values[1] < values[2], (name, values)
+            assert 0.5 < (values[2] - values[0]) / 2 / spread < 1.5, (name, values, spread)
+
+
+def test_feature_flow_edits_compose_hold_the_latents_and_survive_save_and_load(
+    tiny_pipeline, tmp_path, capsys
+):
+    images = [image for image, _ in ShapesDataset(16, seed=4, size=64)]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        image.save(folder / f"{i}.png")
+    tiny_pipeline.save_pretrained(tmp_path / "p")
+    args = [
+        "directions",
+        "fit",
+        str(folder),
+        "--kind",
+        "feature-flow",
+        "--model",
+        str(tmp_path / "p"),
+    ]
+    assert main([*args, "--folders"]) == 2  # flows need the auto statistics' pixel adjustments
+    assert "use --auto" in capsys.readouterr().err
+    assert main([*args, "--auto"]) == 0
+    assert "as the flow predicts them" in capsys.readouterr().out
+    pipe = HVAEPipeline.from_pretrained(tmp_path / "p")
+    assert pipe.direction_metadata()["saturation"] | {} == {
+        "group": 0,
+        "source": "auto",
+        "units": "sd",
+        "kind": "feature-flow",
+        "groups": [],
+    }
+    assert pipe.edit_size is None
+    assert main(["directions", "list", "--model", str(tmp_path / "p")]) == 0
+    assert "stage-1 features (flow)" in capsys.readouterr().out
+
+    wide = Image.new("RGB", (96, 40), (200, 120, 40))
+    codes = pipe.encode([wide])
+    once = pipe.edit(codes, {"saturation": 1.0, "warmth": -0.5})
+    twice = pipe.edit(pipe.edit(codes, {"saturation": 0.5}), {"saturation": 0.5, "warmth": -0.5})
+    assert all(torch.equal(a, b) for a, b in zip(once.latents, codes.latents, strict=True))
+    assert torch.allclose(pipe.decode_tensor(once), pipe.decode_tensor(twice), atol=1e-5)
+    assert not torch.allclose(pipe.decode_tensor(once), pipe.decode_tensor(codes), atol=1e-3)
+    assert torch.equal(
+        pipe.decode_tensor(pipe.edit(codes, {"saturation": 0.0})), pipe.decode_tensor(codes)
+    )
+    assert pipe.decode(once)[0].size == (96, 40)
+    halfway = pipe.interpolate(codes, once, 0.5)
+    assert torch.allclose(halfway.feature_flow, once.feature_flow / 2)
+    # keep= solves the joint fit: a different generator, and the same after a reload
+    kept = pipe.edit(codes, {"saturation": 1.0}, keep=["brightness", "warmth"])
+    assert not torch.allclose(kept.feature_flow, pipe.edit(codes, {"saturation": 1.0}).feature_flow)
+    again = HVAEPipeline.from_pretrained(tmp_path / "p")
+    assert torch.equal(
+        again.edit(codes, {"saturation": 1.0}, keep=["brightness", "warmth"]).feature_flow,
+        kept.feature_flow,
+    )
