@@ -348,7 +348,17 @@ class HVAEPipeline(DiffusionPipeline):
         edited (a field over every group), no group lies below and the edited
         latents decode as they are.
         """
-        if not codes.edited_groups or not codes.priors:
+        if not codes.edited_groups:
+            if codes.unedited is not None and all(
+                torch.equal(a, b) for a, b in zip(codes.latents, codes.unedited, strict=True)
+            ):
+                # Edits that moved no latents (feature flows): the unedited decode serves every
+                # slider move; the check guards against latents changed by hand since.
+                if "whole" not in codes.base_cache:
+                    codes.base_cache["whole"] = self.hvae.decode(codes)
+                return codes.base_cache["whole"]
+            return self.hvae.decode(codes)
+        if not codes.priors:
             return self.hvae.decode(codes)
         top = max(codes.edited_groups)  # the deepest edited group
         lower = len(codes.latents) - top - 1

@@ -373,6 +373,11 @@ def test_feature_flow_edits_compose_hold_the_latents_and_survive_save_and_load(
         pipe.decode_tensor(pipe.edit(codes, {"saturation": 0.0})), pipe.decode_tensor(codes)
     )
     assert pipe.decode(once)[0].size == (96, 40)
+    # Slider moves reuse the unedited stage-2 decode, but never for latents changed by hand.
+    assert "whole" in codes.base_cache
+    by_hand = pipe.edit(codes, {"saturation": 1.0, "warmth": -0.5})
+    by_hand.latents[0] = by_hand.latents[0] + 1.0
+    assert not torch.allclose(pipe.decode_tensor(by_hand), pipe.decode_tensor(once), atol=1e-3)
     halfway = pipe.interpolate(codes, once, 0.5)
     assert torch.allclose(halfway.feature_flow, once.feature_flow / 2)
     # keep= solves the joint fit: a different generator, and the same after a reload
