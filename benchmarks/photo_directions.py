@@ -118,7 +118,7 @@ def main() -> None:
     print(f"{len(paths)} held-out pictures at {args.side} px{kept}; model {pipe.fingerprint()}")
     print(
         "| direction | monotone −2…+2 | change per unit strength | in sds over these pictures "
-        "| other statistics per unit (sds) | reference: monotone | reference: sds per unit "
+        "| other statistics per unit (sds) | reference: monotone | reference: sds per step "
         "| reference: others (sds) |"
     )
     print("|---|---|---|---|---|---|---|---|")
