@@ -87,6 +87,8 @@ def main() -> None:
     pipe = HVAEPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     names = [n for n in pipe.directions if n in AUTO_STATISTICS]
+    if not names:
+        raise SystemExit(f"{args.model} has no auto directions ({', '.join(AUTO_STATISTICS)})")
     paths = find_images([args.data])
     stats = {n: {s: [] for s in STRENGTHS} for n in names}  # direction -> strength -> per image
     reference = {n: {s: [] for s in STRENGTHS} for n in names}  # the same, pixel adjustments
@@ -103,17 +105,14 @@ def main() -> None:
                     continue
                 edited = pipe.decode(pipe.edit(codes, {name: strength}, keep))[0]
                 stats[name][strength].append(image_statistics(edited))
-                if name in AUTO_ADJUSTMENTS:
-                    moved = pipe(adjusted(image, name, strength))[0]
-                    reference[name][strength].append(image_statistics(moved))
+                moved = pipe(adjusted(image, name, strength))[0]
+                reference[name][strength].append(image_statistics(moved))
     spread = {s: np.std([row[s] for row in stats[names[0]][0.0]]) for s in AUTO_STATISTICS}
     rows = []
     for name in names:
         row = {"direction": name, **summarise(stats[name], name, spread)}
-        if reference[name][1.0]:
-            ref = summarise(reference[name], name, spread)
-            row |= {f"reference_{k}": v for k, v in ref.items()}
-        rows.append(row)
+        ref = summarise(reference[name], name, spread)
+        rows.append(row | {f"reference_{k}": v for k, v in ref.items()})
     kept = ", each with keep= the others" if args.keep_others else ""
     print(f"{len(paths)} held-out pictures at {args.side} px{kept}; model {pipe.fingerprint()}")
     print(
@@ -126,8 +125,6 @@ def main() -> None:
         ref = (
             f"{r['reference_monotone']:.0%} | {r['reference_change_per_unit_sd']:+.2f} "
             f"| {r['reference_others_per_unit_sd']:.2f}"
-            if "reference_monotone" in r
-            else "– | – | –"
         )
         print(
             f"| {r['direction']} | {r['monotone']:.0%} | {r['change_per_unit']:+.4f} "

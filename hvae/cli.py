@@ -265,11 +265,11 @@ def cmd_directions_list(args) -> int:
         print(f"{args.model}: no directions; fit some with 'hvae directions fit'")
     else:
         for name, meta in sorted(rows.items()):
-            print(f"{name:24s} {edits_what(meta):28s} {meta['source']:8s} 1 = one {meta['units']}")
+            print(f"{name:24s} {edit_target(meta):28s} {meta['source']:8s} 1 = one {meta['units']}")
     return 0
 
 
-def edits_what(meta: dict) -> str:
+def edit_target(meta: dict) -> str:
     """What a direction moves, from its ``direction_metadata`` entry."""
     if meta["kind"] == "vector":
         return f"group {meta['group']}"

@@ -63,16 +63,19 @@ def auto_labels(images: Sequence[Image.Image]) -> dict[str, np.ndarray]:
     return {name: np.array([s[name] for s in stats]) for name in AUTO_STATISTICS}
 
 
-def _adjust_warmth(image: Image.Image, amount: float) -> Image.Image:
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float64)
-    rgb[..., 0] *= 1 + amount
-    rgb[..., 2] *= 1 - amount
+def _map_pixels(image: Image.Image, change) -> Image.Image:
+    """``image`` with ``change`` applied to its RGB values (0-255, float), rounded and clipped."""
+    rgb = change(np.asarray(image.convert("RGB"), dtype=np.float64))
     return Image.fromarray(np.clip(rgb + 0.5, 0, 255).astype(np.uint8))
+
+
+def _warm(image: Image.Image, amount: float) -> Image.Image:
+    return _map_pixels(image, lambda rgb: rgb * np.array([1 + amount, 1.0, 1 - amount]))
 
 
 def _lighten(image: Image.Image, amount: float) -> Image.Image:
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float64) + 255 * amount
-    return Image.fromarray(np.clip(rgb + 0.5, 0, 255).astype(np.uint8))
+    # Additive, not multiplicative: scaling would raise contrast (luma std) along with it.
+    return _map_pixels(image, lambda rgb: rgb + 255 * amount)
 
 
 # Pixel adjustments that move each ``auto`` statistic, as functions of (image, step) for
@@ -82,7 +85,7 @@ def _lighten(image: Image.Image, amount: float) -> Image.Image:
 AUTO_ADJUSTMENTS = {
     "brightness": lambda image, step: _lighten(image, 0.06 * step),
     "saturation": lambda image, step: ImageEnhance.Color(image).enhance(1.6**step),
-    "warmth": lambda image, step: _adjust_warmth(image, 0.08 * step),
+    "warmth": lambda image, step: _warm(image, 0.08 * step),
     "contrast": lambda image, step: ImageEnhance.Contrast(image).enhance(1.3**step),
     "sharpness": lambda image, step: ImageEnhance.Sharpness(image).enhance(1 + 0.9 * step),
 }
@@ -458,23 +461,29 @@ FLOW_BANDS = 3  # the image mean, the smooth deviation from it, and the detail
 FLOW_BOX = 3  # the box filter that separates the smooth band from the detail
 
 
-def feature_bands(features: torch.Tensor) -> torch.Tensor:
+def feature_bands(features: torch.Tensor, valid: tuple[int, int] | None = None) -> torch.Tensor:
     """(N, 3C, H, W): the features' mean over the image, the smooth band's deviation from
-    it (a FLOW_BOX box mean), and the detail band; the three add up to the features."""
+    it (a FLOW_BOX box mean), and the detail band; the three add up to the features.
+    ``valid`` (rows, columns) limits the mean to the image's own cells, not its padding."""
     half = FLOW_BOX // 2
     smooth = F.avg_pool2d(F.pad(features, (half,) * 4, mode="replicate"), FLOW_BOX, 1)
-    mean = features.mean((2, 3), keepdim=True).expand_as(features)
+    rows, columns = valid or features.shape[-2:]
+    mean = features[..., :rows, :columns].mean((2, 3), keepdim=True).expand_as(features)
     return torch.cat([mean, smooth - mean, features - smooth], 1)
 
 
-def flow_features(features: torch.Tensor, generator: torch.Tensor) -> torch.Tensor:
+def flow_features(
+    features: torch.Tensor, generator: torch.Tensor, valid: tuple[int, int] | None = None
+) -> torch.Tensor:
     """Features moved along the flow ``exp(generator)``, which acts on each position's
-    [image mean; smooth deviation; detail; 1]; the moved bands add back up to features."""
-    channels = features.shape[1]
-    step = torch.linalg.matrix_exp(generator.double()).to(features)
-    moved = torch.einsum("dc,nchw->ndhw", step[:-1, :-1], feature_bands(features))
+    [image mean; smooth deviation; detail; 1]; the moved bands add back up to features.
+    Computed in float32 at least: summing the bands back in bf16 would add rounding noise."""
+    dtype = torch.promote_types(features.dtype, torch.float32)
+    bands = feature_bands(features.to(dtype), valid)
+    step = torch.linalg.matrix_exp(generator.double()).to(bands)
+    moved = torch.einsum("dc,nchw->ndhw", step[:-1, :-1], bands)
     moved = moved + step[:-1, -1][None, :, None, None]
-    return moved.unflatten(1, (FLOW_BANDS, channels)).sum(1)
+    return moved.unflatten(1, (FLOW_BANDS, features.shape[1])).sum(1).to(features.dtype)
 
 
 class FeatureFlows(nn.Module):
@@ -496,10 +505,12 @@ class FeatureFlows(nn.Module):
     not what merely comes with the attribute across pictures (in photos, saturated
     ones tend to be dark), which regressing across pictures picks up.
 
-    ``keep`` solves a joint fit instead: the band changes of every pair regressed on
-    the changes of the moved and the kept statistics together, so the moved
-    attribute's generator is its change with the kept ones held (to first order).
-    The joint normal equations are stored, so any subset can be kept.
+    ``keep`` solves a joint fit instead: on the pairs of the moved and the kept
+    attributes' adjustments, the band changes are regressed on the changes of all
+    those statistics together, so the moved attribute's generator is its change
+    with the kept ones held (to first order). Each adjustment's normal equations
+    over every attribute are stored, so any subset can be kept; without ``keep``
+    the same solve over one adjustment's pairs gives the stored generators.
 
     It moves no latents: an edit adds its generator to ``codes.feature_flow``, and
     decoding applies it to the features (the latents decoded plus the kept detail).
@@ -514,14 +525,25 @@ class FeatureFlows(nn.Module):
         super().__init__()
         self.names = list(names)
         self.channels = channels
-        size, k = FLOW_BANDS * channels + 1, len(names)
+        size, k = self.state_size, len(names)
         self.register_buffer("generators", torch.zeros(k, size, size))
-        # Joint normal equations over (attribute, state) pairs, for ``keep``.
-        self.register_buffer("joint_gram", torch.zeros(k * size, k * size, dtype=torch.float64))
-        self.register_buffer("joint_cross", torch.zeros(k * size, size - 1, dtype=torch.float64))
+        # Per adjustment: normal equations of band changes on (statistic change x state).
+        self.register_buffer("grams", torch.zeros(k, k * size, k * size, dtype=torch.float64))
+        self.register_buffer("crosses", torch.zeros(k, k * size, size - 1, dtype=torch.float64))
+
+    @property
+    def state_size(self) -> int:
+        """Bands of every channel, plus the constant."""
+        return FLOW_BANDS * self.channels + 1
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "names": self.names, "channels": self.channels}
+        return {
+            "kind": self.kind,
+            "names": self.names,
+            "channels": self.channels,
+            "bands": FLOW_BANDS,
+            "box": FLOW_BOX,
+        }
 
     def generator(self, strengths: torch.Tensor, keep: Sequence[int] = ()) -> torch.Tensor:
         """The generator of an edit by ``strengths`` (K,), each moved attribute holding the
@@ -530,69 +552,90 @@ class FeatureFlows(nn.Module):
         for k, strength in enumerate(strengths.tolist()):
             if strength:
                 held = [j for j in keep if j != k]
-                combined += strength * (self._held(k, held) if held else self.generators[k])
+                combined += strength * (self.solve(k, held) if held else self.generators[k])
         return combined
 
-    def _held(self, k: int, held: Sequence[int]) -> torch.Tensor:
-        size = self.generators.shape[1]
-        rows = torch.cat([torch.arange(j * size, (j + 1) * size) for j in (k, *held)])
-        weights = solve_ridge(self.joint_gram[rows][:, rows], self.joint_cross[rows], self.ridge)
+    def solve(self, k: int, held: Sequence[int] = ()) -> torch.Tensor:
+        """Attribute ``k``'s generator fitted on the pairs of the adjustments of ``k`` and
+        ``held``, jointly with the held attributes' generators."""
+        size, attributes = self.state_size, [k, *held]
+        rows = torch.cat([torch.arange(j * size, (j + 1) * size) for j in attributes])
+        gram = self.grams[attributes].sum(0)[rows][:, rows]
+        cross = self.crosses[attributes].sum(0)[rows]
         generator = torch.zeros_like(self.generators[k])
-        generator[:-1] = weights[:size].T.float()
+        generator[:-1] = solve_ridge(gram, cross, self.ridge)[:size].T.float()
         return generator
+
+    def add_pair(self, k: int, state: torch.Tensor, change: torch.Tensor, stats: torch.Tensor):
+        """Add one pair of adjustment ``k``: ``state`` (S, P) the original's bands and constant
+        at P positions, ``change`` (S - 1, P) the bands' change, ``stats`` (K,) every
+        statistic's change in sds."""
+        inputs = (stats.double()[:, None, None] * state.double()[None]).flatten(0, 1)
+        self.grams[k] += inputs @ inputs.T
+        self.crosses[k] += inputs @ change.double().T
 
     @classmethod
     @torch.no_grad()
     def fit(cls, stage1, images: Sequence[Image.Image]) -> tuple[FeatureFlows, dict[str, float]]:
         """Fit on ``images`` (any sizes) through ``stage1`` (a ``FeatureAutoencoder``); returns
-        the flows and, per attribute, the R^2 with which its flow predicts the band changes
-        of its fitting pairs."""
+        the flows and, per attribute, the (centred) R^2 with which its flow predicts the band
+        changes of its own pairs."""
         from tqdm.auto import tqdm
 
+        if len(images) < 2:
+            raise HVAEError(f"feature flows need at least 2 images to fit, got {len(images)}")
         names = list(AUTO_ADJUSTMENTS)
 
         def through_stage1(image):
             features = stage1.encode([image])
             decoded = to_pil(stage1.decode(features, (image.height, image.width)))[0]
-            bands = feature_bands(features)[0].flatten(1).double()
+            bands = feature_bands(features)[0].flatten(1).double().cpu()
             return torch.cat([bands, torch.ones_like(bands[:1])]), image_statistics(decoded)
 
         originals = [through_stage1(i) for i in tqdm(images, desc="encoding", dynamic_ncols=True)]
         spread = {n: max(float(np.std([stats[n] for _, stats in originals])), 1e-12) for n in names}
         flows = cls(names, (originals[0][0].shape[0] - 1) // FLOW_BANDS)
-        size, fits = originals[0][0].shape[0], {}
+        totals = []  # per adjustment: (count, sum, sum of squares) of the band changes
         progress = tqdm(
             total=len(names) * 2 * len(images), desc="fitting flows", dynamic_ncols=True
         )
         for k, name in enumerate(names):
-            gram = torch.zeros(size, size, dtype=torch.float64)
-            cross = torch.zeros(size, size - 1, dtype=torch.float64)
-            total = 0.0  # the sum of squared band changes, for R^2
+            count, total, squares = 0, 0.0, 0.0
             for step in (-1, 1):
                 for image, (state, stats) in zip(images, originals, strict=True):
                     moved, moved_stats = through_stage1(AUTO_ADJUSTMENTS[name](image, step))
                     change = (moved - state)[:-1]
-                    units = torch.tensor([(moved_stats[n] - stats[n]) / spread[n] for n in names])
-                    inputs = units[k] * state
-                    gram += inputs @ inputs.T
-                    cross += inputs @ change.T
-                    total += float(change.pow(2).sum())
-                    joint = (units.double()[:, None, None] * state[None]).flatten(0, 1)
-                    flows.joint_gram += joint @ joint.T
-                    flows.joint_cross += joint @ change.T
+                    stat_changes = torch.tensor(
+                        [(moved_stats[n] - stats[n]) / spread[n] for n in names]
+                    )
+                    flows.add_pair(k, state, change, stat_changes)
+                    count += change.shape[1]
+                    total = total + change.sum(1)
+                    squares += float(change.pow(2).sum())
                     progress.update()
-            weights = solve_ridge(gram, cross, cls.ridge)  # state -> band changes, per sd
-            flows.generators[k, :-1] = weights.T.float()
-            # Residual sum of squares from the normal equations: no pair is kept in memory.
-            residual = total - 2 * (weights * cross).sum() + (weights * (gram @ weights)).sum()
-            fits[name] = 1 - float(residual) / max(total, 1e-12)
+            totals.append((count, total, squares))
         progress.close()
+        fits = {}
+        for k, name in enumerate(names):
+            flows.generators[k] = flows.solve(k)
+            fits[name] = flows.r_squared(k, *totals[k])
         return flows.eval(), fits
+
+    def r_squared(self, k: int, count: int, total: torch.Tensor, squares: float) -> float:
+        """Centred R^2 of attribute ``k``'s generator on its own pairs, from the normal
+        equations (no pair is kept in memory) and the changes' count, sum and squares."""
+        size = self.state_size
+        block = slice(k * size, (k + 1) * size)
+        gram, cross = self.grams[k][block, block], self.crosses[k][block]
+        weights = self.generators[k][:-1].double().T
+        residual = squares - 2 * (weights * cross).sum() + (weights * (gram @ weights)).sum()
+        centred = squares - float(total.pow(2).sum()) / max(count, 1)
+        return 1 - float(residual) / max(centred, 1e-12)
 
 
 def solve_ridge(gram: torch.Tensor, cross: torch.Tensor, ridge: float) -> torch.Tensor:
     """Least-squares weights from normal equations, with a ridge relative to their scale."""
-    eye = torch.eye(len(gram), dtype=gram.dtype)
+    eye = torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
     return torch.linalg.solve(gram + ridge * gram.diagonal().mean() * eye, cross)
 
 
@@ -601,6 +644,12 @@ def load_direction_set(spec: dict) -> DirectionField | MomentDirections | Featur
     if spec.get("kind", "field") == "moments":
         return MomentDirections(spec["names"], spec["group_channels"], spec["detail_channels"])
     if spec.get("kind") == "feature-flow":
+        made = (spec.get("bands", FLOW_BANDS), spec.get("box", FLOW_BOX))
+        if made != (FLOW_BANDS, FLOW_BOX):
+            raise HVAEError(
+                f"these feature flows were fitted with {made[0]} bands and a {made[1]}-cell box; "
+                f"this version uses {FLOW_BANDS} and {FLOW_BOX}: refit them"
+            )
         return FeatureFlows(spec["names"], spec["channels"])
     return DirectionField(
         spec["names"], spec["dim"], spec["components"], spec["groups"], spec["hidden"]
@@ -717,10 +766,11 @@ def fit_directions(
     if len(images) < 8:
         raise HVAEError(f"need at least 8 images to fit directions, got {len(images)}")
     if kind == "feature-flow":
-        if source != "auto":
+        if source != "auto" or not set(labels) <= set(AUTO_ADJUSTMENTS):
             raise HVAEError(
-                "feature flows are fitted on pixel adjustments of the auto statistics; "
-                f"use --auto with --kind feature-flow, not {source} labels"
+                "feature flows are fitted on pixel adjustments of the auto statistics "
+                f"({', '.join(AUTO_ADJUSTMENTS)}); use --auto with --kind feature-flow "
+                f"(got {source} labels: {', '.join(labels)})"
             )
         field, fits = FeatureFlows.fit(pipe.stage1, images)
         global_latents = global_means(pipe, images)

@@ -159,9 +159,15 @@ class HVAEPipeline(DiffusionPipeline):
             for i, spec in enumerate(json.loads((folder / "fields.json").read_text())):
                 field = load_direction_set(spec)
                 prefix = f"field{i}."
-                field.load_state_dict(
-                    {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-                )
+                try:
+                    field.load_state_dict(
+                        {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+                    )
+                except RuntimeError as error:  # saved by another version of the direction set
+                    raise HVAEError(
+                        f"{folder}: direction set {i} ({spec.get('kind', 'field')}) does not match "
+                        f"this version; delete {folder} and refit with 'hvae directions fit' ({error})"
+                    ) from None
                 fields.append(field.eval())
         for name, meta in json.loads((folder / "directions.json").read_text()).items():
             if name not in tensors:
@@ -270,7 +276,11 @@ class HVAEPipeline(DiffusionPipeline):
         if keep_detail and codes.detail is not None:
             features = features + codes.detail.to(features.device, features.dtype)
         if codes.feature_flow is not None:
-            features = flow_features(features, codes.feature_flow)
+            valid = None  # the image's own feature cells, without the padding
+            if codes.image_size is not None:
+                stride = self.stage1.stride
+                valid = tuple(-(-side // stride) for side in codes.image_size)
+            features = flow_features(features, codes.feature_flow, valid)
         return self.stage1.decode(features, codes.image_size)
 
     def check_directions(self, names: Sequence[str]) -> None:
@@ -349,15 +359,18 @@ class HVAEPipeline(DiffusionPipeline):
         latents decode as they are.
         """
         if not codes.edited_groups:
-            if codes.unedited is not None and all(
-                torch.equal(a, b) for a, b in zip(codes.latents, codes.unedited, strict=True)
+            if codes.feature_flow is None:
+                return self.hvae.decode(codes)
+            # Edits that moved no latents (feature flows): one decode serves every slider
+            # move. It is kept with the latents it decoded, so latents changed by hand, in
+            # these codes or in those they were edited from, are decoded afresh.
+            made_from, decoded = codes.base_cache.get("whole", ((), None))
+            if len(made_from) != len(codes.latents) or not all(
+                torch.equal(a, b) for a, b in zip(made_from, codes.latents, strict=True)
             ):
-                # Edits that moved no latents (feature flows): the unedited decode serves every
-                # slider move; the check guards against latents changed by hand since.
-                if "whole" not in codes.base_cache:
-                    codes.base_cache["whole"] = self.hvae.decode(codes)
-                return codes.base_cache["whole"]
-            return self.hvae.decode(codes)
+                decoded = self.hvae.decode(codes)
+                codes.base_cache["whole"] = ([z.clone() for z in codes.latents], decoded)
+            return decoded
         if not codes.priors:
             return self.hvae.decode(codes)
         top = max(codes.edited_groups)  # the deepest edited group
@@ -386,7 +399,7 @@ class HVAEPipeline(DiffusionPipeline):
     @staticmethod
     def interpolate(start: HVAECodes, end: HVAECodes, t: float) -> HVAECodes:
         """Codes a fraction ``t`` of the way from ``start`` to ``end`` (same sizes): every group's
-        latents and the kept detail alike."""
+        latents, the kept detail and any feature-flow edit alike."""
         if start.feature_size != end.feature_size or len(start) != len(end):
             raise HVAEError(
                 f"interpolation needs codes of one size and count, got {start.feature_size} x {len(start)} "
@@ -400,14 +413,14 @@ class HVAEPipeline(DiffusionPipeline):
         ]
         if start.detail is not None and end.detail is not None:
             mixed.detail = torch.lerp(start.detail, end.detail, t)
-        if start.feature_flow is not None or end.feature_flow is not None:
-            # A flow edit is linear in its generator; no flow is the zero generator.
-            some = start.feature_flow if start.feature_flow is not None else end.feature_flow
-            start_flow, end_flow = (
-                torch.zeros_like(some) if flow is None else flow
-                for flow in (start.feature_flow, end.feature_flow)
+        flows = [c.feature_flow for c in (start, end) if c.feature_flow is not None]
+        if flows:  # generators blend like strengths; codes without a flow have the zero one
+            zero = torch.zeros_like(flows[0])
+            mixed.feature_flow = torch.lerp(
+                zero if start.feature_flow is None else start.feature_flow,
+                zero if end.feature_flow is None else end.feature_flow,
+                t,
             )
-            mixed.feature_flow = torch.lerp(start_flow, end_flow, t)
         return mixed
 
     @torch.no_grad()

@@ -58,17 +58,19 @@ def test_photo_codec_decodes_bit_identically_on_one_and_two_threads(photos):
 
 def test_photo_edit_sliders_move_their_statistic_on_held_out_photos(photos):
     """Each bundled ``--auto`` slider, loaded as users load it, raises its own statistic
-    from -1 to 0 to +1 on both shipped crops."""
+    from -1 to 0 to +1 on both shipped crops, and so does warmth with brightness kept."""
     from hvae.directions import AUTO_STATISTICS, image_statistics
     from pipelines import HVAEPipeline
 
     pipe = HVAEPipeline.from_pretrained(ROOT / "checkpoints" / "photo-edit")
-    assert pipe.directions == sorted(AUTO_STATISTICS)
+    metadata = pipe.direction_metadata()
+    assert sorted(metadata) == sorted(AUTO_STATISTICS)
+    assert {m["kind"] for m in metadata.values()} == {"feature-flow"}
     for photo in photos:
         codes = pipe.encode([photo])
-        for name in pipe.directions:
+        for name, keep in [(name, None) for name in metadata] + [("warmth", ["brightness"])]:
             values = [
-                image_statistics(pipe.decode(pipe.edit(codes, {name: s}))[0])[name]
+                image_statistics(pipe.decode(pipe.edit(codes, {name: s}, keep))[0])[name]
                 for s in (-1.0, 0.0, 1.0)
             ]
-            assert values[0] < values[1] < values[2], (name, values)
+            assert values[0] < values[1] < values[2], (name, keep, values)
