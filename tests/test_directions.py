@@ -26,6 +26,16 @@ def labelled_folder(tmp_path):
     return folder
 
 
+@pytest.fixture
+def saved_scenes(tmp_path):
+    """A folder of 16 rendered scenes, for the CLI's unlabelled sources."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, (image, _) in enumerate(ShapesDataset(16, seed=4, size=64)):
+        image.save(folder / f"{i}.png")
+    return folder
+
+
 def test_a_label_direction_is_the_mean_latent_change_per_sd_of_the_attribute():
     generator = torch.Generator().manual_seed(0)
     values = torch.rand(2000, generator=generator) * 4
@@ -242,12 +252,10 @@ def test_keep_removes_what_a_moment_direction_carries_of_another():
     assert kept[0] > 0.05
 
 
-def test_moment_directions_edit_any_size_and_survive_save_and_load(tiny_pipeline, tmp_path, capsys):
-    images = [image for image, _ in ShapesDataset(16, seed=4, size=64)]
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for i, image in enumerate(images):
-        image.save(folder / f"{i}.png")
+def test_moment_directions_edit_any_size_and_survive_save_and_load(
+    tiny_pipeline, tmp_path, capsys, saved_scenes
+):
+    folder = saved_scenes
     tiny_pipeline.save_pretrained(tmp_path / "p")
     args = ["directions", "fit", str(folder), "--auto", "--kind", "moments"]
     assert main([*args, "--model", str(tmp_path / "p")]) == 0
@@ -370,13 +378,9 @@ def test_feature_flow_solves_are_least_squares_over_the_right_pairs():
 
 
 def test_feature_flow_edits_compose_hold_the_latents_and_survive_save_and_load(
-    tiny_pipeline, tmp_path, capsys
+    tiny_pipeline, tmp_path, capsys, saved_scenes
 ):
-    images = [image for image, _ in ShapesDataset(16, seed=4, size=64)]
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for i, image in enumerate(images):
-        image.save(folder / f"{i}.png")
+    folder = saved_scenes
     tiny_pipeline.save_pretrained(tmp_path / "p")
     args = [
         "directions",
