@@ -1,6 +1,7 @@
 """The Gradio editor, driven through gradio_client against a launched app, endpoint by endpoint."""
 
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -176,3 +177,20 @@ def test_codec_errors_are_readable(client, tmp_path):
 
     with pytest.raises(gr.Error, match="'codec' is a codec"):
         editor(models, "codec")
+
+
+def test_served_images_get_files_of_their_own_and_old_ones_are_removed(monkeypatch):
+    """Identical outputs must not share a file that a later request rewrites while an
+    earlier client downloads it; files beyond the kept number are deleted."""
+    from PIL import Image
+
+    from ui import app
+
+    monkeypatch.setattr(app, "SERVED_KEPT", 2)
+    image = Image.new("RGB", (8, 8), (10, 200, 30))
+    first, second, third = (app.served_png(image) for _ in range(3))
+    assert len({first, second, third}) == 3
+    assert not Path(first).exists()  # only the last SERVED_KEPT stay
+    for path in (second, third):
+        with Image.open(path) as served:
+            assert served.convert("RGB").tobytes() == image.tobytes()

@@ -13,8 +13,10 @@ compression at a time.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import tempfile
+import threading
 import zipfile
 from functools import lru_cache
 from pathlib import Path
@@ -111,6 +113,45 @@ def zip_images(images: list[Image.Image], names: list[str], archive_name: str) -
             image.save(path)
             zipped.write(path, path.name)
     return str(archive)
+
+
+_SERVED_FOLDER = Path(tempfile.mkdtemp(prefix="hvae-ui-served-"))
+_served: collections.deque[Path] = collections.deque()
+_served_lock = threading.Lock()
+SERVED_KEPT = 256  # recent files kept; Gradio copies each into its cache as the event ends
+
+
+def served_png(image: Image.Image) -> str:
+    """``image`` as a PNG file of its own, for an output component.
+
+    Returning a PIL image makes Gradio write it to a path named by the hash of its bytes,
+    truncating that file in place, so two requests that produce the same image (two users
+    at the same slider value, or one moving a slider back) can truncate the file while the
+    other's client is downloading it; the benchmark saw 'peer closed connection without
+    sending complete message body'. Gradio copies a file path into its cache under a
+    temporary name and renames it into place, so this path is never served half written."""
+    with _served_lock:
+        handle = tempfile.NamedTemporaryFile(dir=_SERVED_FOLDER, suffix=".png", delete=False)
+        _served.append(Path(handle.name))
+        stale = [_served.popleft() for _ in range(max(0, len(_served) - SERVED_KEPT))]
+    with handle:
+        image.save(handle, format="PNG")
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return handle.name
+
+
+def served_gallery(items: list) -> list:
+    """Gallery items (images, or (image, caption) pairs) with the images as PNG files."""
+    return [
+        (served_png(item[0]), item[1]) if isinstance(item, tuple) else served_png(item)
+        for item in items
+    ]
+
+
+def served_last(outputs: tuple) -> tuple:
+    """``outputs`` with its last item, a gallery, served as PNG files (see ``served_png``)."""
+    return (*outputs[:-1], served_gallery(outputs[-1]))
 
 
 def slider_updates(models: dict[str, str], model: str) -> list:
@@ -301,7 +342,7 @@ def decompress_upload(models: dict[str, str], path: str | None):
         raise gr.Error("no image in this archive could be decoded")
     images, names = zip(*gallery, strict=True)
     stems = _unique_stems(list(names))
-    return list(gallery), zip_images(list(images), stems, "decoded.zip")
+    return served_gallery(gallery), zip_images(list(images), stems, "decoded.zip")
 
 
 def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
@@ -411,7 +452,10 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
 
         def into_editor(encoded):
             """(codes, image, decode) -> the Edit tab's outputs, every slider back at 0."""
-            return [*encoded] + [gr.update(value=0.0)] * MAX_SLIDERS
+            codes, image, decoded = encoded
+            return [codes, served_png(image), served_png(decoded)] + [
+                gr.update(value=0.0)
+            ] * MAX_SLIDERS
 
         def on_upload(name, path):
             return into_editor(encode_upload(models, name, path))
@@ -448,14 +492,15 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
         )
         for slider in sliders:
             slider.release(
-                lambda name, state, *s: apply_edits(models, name, state, *s),
+                lambda name, state, *s: served_png(apply_edits(models, name, state, *s)),
                 [model, codes, *sliders],
                 after,
                 api_name="edit" if slider is sliders[0] else False,
             )
         reset.click(
             lambda name, state: (
-                [apply_edits(models, name, state)] + [gr.update(value=0.0)] * MAX_SLIDERS
+                [served_png(apply_edits(models, name, state))]
+                + [gr.update(value=0.0)] * MAX_SLIDERS
             ),
             [model, codes],
             [after, *sliders],
@@ -470,7 +515,7 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
 
         def on_generate(name, s, t, n, drawn_from):
             images, zipped = generate(models, name, s, t, n, drawn_from)
-            return images, zipped, images
+            return served_gallery(images), zipped, images
 
         run.click(
             on_generate,
@@ -480,7 +525,7 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
         )
         # Compression is the heaviest event: one at a time, so slider edits keep a core.
         compress.click(
-            lambda paths, q: compress_uploads(models, paths, q),
+            lambda paths, q: served_last(compress_uploads(models, paths, q)),
             [to_compress, quality],
             [hvz, table, compressed],
             api_name="compress",
