@@ -13,8 +13,10 @@ compression at a time.
 from __future__ import annotations
 
 import argparse
+import atexit
 import collections
 import json
+import shutil
 import tempfile
 import threading
 import zipfile
@@ -115,7 +117,6 @@ def zip_images(images: list[Image.Image], names: list[str], archive_name: str) -
     return str(archive)
 
 
-_SERVED_FOLDER = Path(tempfile.mkdtemp(prefix="hvae-ui-served-"))
 _served: collections.deque[Path] = collections.deque()
 _served_lock = threading.Lock()
 SERVED_KEPT = 256  # recent files kept; Gradio copies each into its cache as the event ends
@@ -131,7 +132,7 @@ def served_png(image: Image.Image) -> str:
     sending complete message body'. Gradio copies a file path into its cache under a
     temporary name and renames it into place, so this path is never served half written."""
     with _served_lock:
-        handle = tempfile.NamedTemporaryFile(dir=_SERVED_FOLDER, suffix=".png", delete=False)
+        handle = tempfile.NamedTemporaryFile(dir=served_folder(), suffix=".png", delete=False)
         _served.append(Path(handle.name))
         stale = [_served.popleft() for _ in range(max(0, len(_served) - SERVED_KEPT))]
     with handle:
@@ -139,6 +140,14 @@ def served_png(image: Image.Image) -> str:
     for path in stale:
         path.unlink(missing_ok=True)
     return handle.name
+
+
+@lru_cache(maxsize=1)
+def served_folder() -> Path:
+    """The app's folder of served PNGs, made on first use and removed when Python exits."""
+    folder = Path(tempfile.mkdtemp(prefix="hvae-ui-served-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
 
 
 def served_gallery(items: list) -> list:
