@@ -224,7 +224,17 @@ def fit_pca_directions(latents: torch.Tensor, k: int) -> list[tuple[torch.Tensor
     return axes
 
 
-class DirectionField(nn.Module):
+class LatentEdits:
+    """For direction sets that move latents: ``edit_codes``, the pipeline's one entry point
+    for every kind of direction set, through their ``apply``."""
+
+    def edit_codes(self, codes, strengths: torch.Tensor, keep: Sequence[int] = ()) -> None:
+        """Move ``codes`` (already a copy) by ``strengths`` (K,), holding attributes ``keep``."""
+        codes.latents, codes.detail = self.apply(codes.latents, codes.detail, strengths, keep)
+        codes.edited_groups = codes.edited_groups | set(self.groups)
+
+
+class DirectionField(LatentEdits, nn.Module):
     """Attribute edits that follow the latent space's curves: ``z -> z + write(y + s) - write(y)``.
 
     ``z`` is the latents of ``groups`` (the global group alone, or every group),
@@ -348,7 +358,7 @@ class DirectionField(nn.Module):
         return field, {n: float(1 - r) for n, r in zip(names, residual, strict=True)}
 
 
-class MomentDirections(nn.Module):
+class MomentDirections(LatentEdits, nn.Module):
     """Attribute edits as changes of every latent channel's mean and spread, at any size.
 
     For each attribute, group and channel it stores how the channel's spatial mean
@@ -544,6 +554,14 @@ class FeatureFlows(nn.Module):
             "bands": FLOW_BANDS,
             "box": FLOW_BOX,
         }
+
+    def edit_codes(self, codes, strengths: torch.Tensor, keep: Sequence[int] = ()) -> None:
+        """Add the edit's generator to ``codes.feature_flow`` (``codes`` is already a copy).
+        A zero edit adds nothing, so it decodes exactly as the unedited codes."""
+        generator = self.generator(strengths, keep)
+        if generator.any():
+            previous = codes.feature_flow
+            codes.feature_flow = generator if previous is None else previous + generator
 
     def generator(self, strengths: torch.Tensor, keep: Sequence[int] = ()) -> torch.Tensor:
         """The generator of an edit by ``strengths`` (K,), each moved attribute holding the

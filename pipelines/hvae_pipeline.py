@@ -331,16 +331,7 @@ class HVAEPipeline(DiffusionPipeline):
             held = [
                 self._directions[k].index for k in keep or () if self._directions[k].field is field
             ]
-            if isinstance(field, FeatureFlows):
-                generator = field.generator(strengths, held)
-                if generator.any():  # a zero edit decodes exactly as the unedited codes
-                    previous = edited.feature_flow
-                    edited.feature_flow = generator if previous is None else previous + generator
-                continue
-            edited.latents, edited.detail = field.apply(
-                edited.latents, edited.detail, strengths, held
-            )
-            edited.edited_groups = edited.edited_groups | set(field.groups)
+            field.edit_codes(edited, strengths, held)
         return edited
 
     def _features(self, codes: HVAECodes) -> torch.Tensor:
