@@ -194,3 +194,9 @@ def test_served_images_get_files_of_their_own_and_old_ones_are_removed(monkeypat
     for path in (second, third):
         with Image.open(path) as served:
             assert served.convert("RGB").tobytes() == image.tobytes()
+    # Galleries and captioned pairs are served at any depth; other outputs pass as they are.
+    codes, rows = object(), [["a.png", 1.5]]
+    outputs = app.served((codes, [image, (image, "caption")], rows))
+    assert outputs[0] is codes and outputs[2] == rows
+    assert all(Path(p).is_file() for p in (outputs[1][0], outputs[1][1][0]))
+    assert outputs[1][1][1] == "caption"

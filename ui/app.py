@@ -150,17 +150,14 @@ def served_folder() -> Path:
     return folder
 
 
-def served_gallery(items: list) -> list:
-    """Gallery items (images, or (image, caption) pairs) with the images as PNG files."""
-    return [
-        (served_png(item[0]), item[1]) if isinstance(item, tuple) else served_png(item)
-        for item in items
-    ]
-
-
-def served_last(outputs: tuple) -> tuple:
-    """``outputs`` with its last item, a gallery, served as PNG files (see ``served_png``)."""
-    return (*outputs[:-1], served_gallery(outputs[-1]))
+def served(outputs):
+    """Event outputs with every image in them, at any depth of lists and tuples (galleries,
+    captioned pairs), replaced by its own PNG file (``served_png``); the rest as it is."""
+    if isinstance(outputs, Image.Image):
+        return served_png(outputs)
+    if isinstance(outputs, list | tuple):
+        return type(outputs)(served(item) for item in outputs)
+    return outputs
 
 
 def slider_updates(models: dict[str, str], model: str) -> list:
@@ -351,7 +348,7 @@ def decompress_upload(models: dict[str, str], path: str | None):
         raise gr.Error("no image in this archive could be decoded")
     images, names = zip(*gallery, strict=True)
     stems = _unique_stems(list(names))
-    return served_gallery(gallery), zip_images(list(images), stems, "decoded.zip")
+    return list(gallery), zip_images(list(images), stems, "decoded.zip")
 
 
 def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
@@ -461,10 +458,7 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
 
         def into_editor(encoded):
             """(codes, image, decode) -> the Edit tab's outputs, every slider back at 0."""
-            codes, image, decoded = encoded
-            return [codes, served_png(image), served_png(decoded)] + [
-                gr.update(value=0.0)
-            ] * MAX_SLIDERS
+            return served([*encoded]) + [gr.update(value=0.0)] * MAX_SLIDERS
 
         def on_upload(name, path):
             return into_editor(encode_upload(models, name, path))
@@ -501,15 +495,14 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
         )
         for slider in sliders:
             slider.release(
-                lambda name, state, *s: served_png(apply_edits(models, name, state, *s)),
+                lambda name, state, *s: served(apply_edits(models, name, state, *s)),
                 [model, codes, *sliders],
                 after,
                 api_name="edit" if slider is sliders[0] else False,
             )
         reset.click(
             lambda name, state: (
-                [served_png(apply_edits(models, name, state))]
-                + [gr.update(value=0.0)] * MAX_SLIDERS
+                [served(apply_edits(models, name, state))] + [gr.update(value=0.0)] * MAX_SLIDERS
             ),
             [model, codes],
             [after, *sliders],
@@ -524,7 +517,7 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
 
         def on_generate(name, s, t, n, drawn_from):
             images, zipped = generate(models, name, s, t, n, drawn_from)
-            return served_gallery(images), zipped, images
+            return served(images), zipped, images  # the state keeps the images themselves
 
         run.click(
             on_generate,
@@ -534,7 +527,7 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
         )
         # Compression is the heaviest event: one at a time, so slider edits keep a core.
         compress.click(
-            lambda paths, q: served_last(compress_uploads(models, paths, q)),
+            lambda paths, q: served(compress_uploads(models, paths, q)),
             [to_compress, quality],
             [hvz, table, compressed],
             api_name="compress",
@@ -542,7 +535,7 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
             concurrency_id="codec",
         )
         to_decompress.upload(
-            lambda path: decompress_upload(models, path),
+            lambda path: served(decompress_upload(models, path)),
             [to_decompress],
             [decoded, decoded_zip],
             api_name="decompress",
