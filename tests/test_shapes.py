@@ -72,3 +72,31 @@ def test_dataset_is_deterministic_and_yields_canonical_factors():
     )
     with pytest.raises(IndexError):
         a[5]
+
+
+def test_edit_pairs_change_what_they_say_and_stay_in_range():
+    from hvae.data.shapes import FACTOR_RANGES, edit_pair, next_shape, sample_factors
+
+    rng = np.random.default_rng(5)
+    kinds = set()
+    for _ in range(400):
+        source = sample_factors(rng)
+        target, change = edit_pair(source, rng)
+        for name, (low, high) in FACTOR_RANGES.items():
+            before, after = getattr(source, name), getattr(target, name)
+            assert low <= after <= high
+            assert after - before == pytest.approx(change.get(name, 0.0))
+        added = [s for s in SHAPES if change.get(s) == 1.0]
+        removed = [s for s in SHAPES if change.get(s) == -1.0]
+        assert len(added) <= 1 and len(removed) <= 1
+        if added and added[0] != source.shape:  # a swap or an addition
+            assert target.shape == added[0]
+            kinds.add("swap" if removed else "add")
+        elif removed == [source.shape]:  # a removal alone: the next shape
+            assert target.shape == next_shape(source.shape)
+            kinds.add("remove")
+        else:  # nothing asked, or a request that cannot apply
+            assert target.shape == source.shape
+            kinds.add("keep" if added or removed else "none")
+        assert 1 <= len(change) <= 4  # up to 3 factors, a shape swap counting as 2 entries
+    assert kinds == {"swap", "add", "remove", "keep", "none"}

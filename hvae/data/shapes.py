@@ -219,3 +219,64 @@ class ShapesDataset:
     def __iter__(self) -> Iterator[tuple[Image.Image, SceneFactors]]:
         for i in range(self.n):
             yield self[i]
+
+
+FACTOR_RANGES = {
+    "floor_hue": (HUES[0], HUES[-1]),
+    "wall_hue": (HUES[0], HUES[-1]),
+    "object_hue": (HUES[0], HUES[-1]),
+    "scale": (SCALES[0], SCALES[-1]),
+    "orientation": (ORIENTATIONS[0], ORIENTATIONS[-1]),
+}
+# How many factors one training pair changes at once, and how often: most pairs teach one
+# slider, the rest teach sliders moved together.
+CHANGED_FACTORS = {1: 0.5, 2: 0.3, 3: 0.2}
+
+
+def next_shape(shape: str) -> str:
+    """The shape a scene becomes when its own shape is removed and no other is named."""
+    return SHAPES[(SHAPES.index(shape) + 1) % len(SHAPES)]
+
+
+def edit_pair(
+    source: SceneFactors, rng: np.random.Generator
+) -> tuple[SceneFactors, dict[str, float]]:
+    """A counterfactual of ``source`` for training an editor: the target scene, and the
+    change that leads to it, in factor units (a continuous factor's difference; +1 or -1 for
+    a shape, as a one-hot indicator).
+
+    Continuous targets are uniform over the factor's range (so they are not canonical
+    values, and no target is a canonical scene unless only the shape changed). The shape
+    change is one of: a swap (+1 new, -1 old), an addition alone (+1 new), a removal
+    alone (-1 old: the scene becomes ``next_shape``), or a request that cannot apply
+    (removing an absent shape, adding the present one), which leaves the shape as it is.
+    """
+    counts = list(CHANGED_FACTORS)
+    changed = rng.choice(
+        FACTOR_NAMES, size=rng.choice(counts, p=list(CHANGED_FACTORS.values())), replace=False
+    )
+    target = source.as_dict()
+    change: dict[str, float] = {}
+    for name in map(str, changed):
+        if name == "shape":
+            old = source.shape
+            others = [s for s in SHAPES if s != old]
+            new = others[rng.integers(len(others))]
+            kind = rng.choice(
+                ["swap", "add", "remove", "absent", "present"], p=[0.4, 0.3, 0.2, 0.05, 0.05]
+            )
+            if kind == "swap":
+                target["shape"], change[new], change[old] = new, 1.0, -1.0
+            elif kind == "add":
+                target["shape"], change[new] = new, 1.0
+            elif kind == "remove":
+                target["shape"], change[old] = next_shape(old), -1.0
+            elif kind == "absent":
+                change[new] = -1.0
+            else:
+                change[old] = 1.0
+        else:
+            low, high = FACTOR_RANGES[name]
+            target[name] = float(rng.uniform(low, high))
+            change[name] = target[name] - getattr(source, name)
+    return SceneFactors(**target), change
