@@ -275,6 +275,8 @@ def edit_target(meta: dict) -> str:
         return f"group {meta['group']}"
     if meta["kind"] == "feature-flow":
         return "stage-1 features (flow)"
+    if meta["kind"] == "feature-editor":
+        return "stage-1 features (editor)"
     groups = meta["groups"]
     span = f"group {groups[0]}" if len(groups) == 1 else f"groups {groups[0]}-{groups[-1]}"
     return f"{span} ({meta['kind']})"
@@ -310,6 +312,22 @@ def cmd_directions_fit(args) -> int:
         raise HVAEError(
             "--kind feature-flow is fitted on pixel adjustments of the auto statistics: use --auto"
         )
+    if args.kind == "feature-editor":
+        if args.scenes is None:
+            raise HVAEError(
+                "--kind feature-editor is trained on rendered scenes and their counterfactuals: "
+                "use --scenes N"
+            )
+        fits = directions.fit_scene_editor(
+            pipe, args.scenes, args.seed, args.pairs_per_scene, args.steps
+        )
+        print(
+            "\n".join(
+                f"{name}: {share:.1%} of its held-out pairs' feature change predicted"
+                for name, share in fits.items()
+            )
+        )
+        return save_fitted_directions(pipe, args)
     if args.scenes is not None:
         images, labels = directions.scene_labels(args.scenes, args.seed, pipe.training_image_size)
         source = "scenes"
@@ -362,6 +380,10 @@ def cmd_directions_fit(args) -> int:
             "feature-flow": "the feature changes of the fitting pairs, as the flow predicts them",
         }[kind]
         print("\n".join(f"{name}: R² {r2:.3f} ({what})" for name, r2 in fits.items()))
+    return save_fitted_directions(pipe, args)
+
+
+def save_fitted_directions(pipe, args) -> int:
     out = Path(args.out or args.model)
     if args.out:
         pipe.save_pretrained(out)
@@ -769,7 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument(
         "--kind",
-        choices=["field", "all-groups-field", "moments", "feature-flow"],
+        choices=["field", "all-groups-field", "moments", "feature-flow", "feature-editor"],
         default="field",
         help="field (default): a direction field over the global group, any image size; "
         "all-groups-field: a field over every group, which edits what only the spatial groups hold "
@@ -777,7 +799,22 @@ def build_parser() -> argparse.ArgumentParser:
         "latent channel and the kept detail per sd of the attribute, any image size; feature-flow "
         "(with --auto only): a linear flow of the stage-1 features at every position, fitted on "
         "each image and the same image brightened, saturated, warmed, ... in pixels, any image size "
-        "(the bundled photo sliders)",
+        "(the bundled photo sliders); feature-editor (with --scenes only): a small network on the "
+        "stage-1 features trained on rendered scenes and their counterfactuals, each changed in a "
+        "few factors, to make exactly the change asked for; shapes move in class units (+1 makes "
+        "the object that shape); any image size (the bundled scene sliders)",
+    )
+    q.add_argument(
+        "--pairs-per-scene",
+        type=_positive_int,
+        default=3,
+        help="with --kind feature-editor: counterfactuals rendered per scene (default: 3)",
+    )
+    q.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=4000,
+        help="with --kind feature-editor: training steps of 64 pairs (default: 4000)",
     )
     q.add_argument("--all-groups", action="store_true", help="the same as --kind all-groups-field")
     q.add_argument("-o", "--out", help="write a new pipeline folder instead of updating --model")

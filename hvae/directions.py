@@ -1,10 +1,11 @@
 """Attribute directions: fitted from labels, from image statistics, or by PCA.
 
 Strength 1 moves an attribute by about one standard deviation of the attribute
-over the images it was fitted on. Labels come from a CSV (CelebA's
+over the images it was fitted on (a feature editor moves a class attribute, the
+scene's shape, by one whole class instead). Labels come from a CSV (CelebA's
 ``list_attr_celeba.txt`` too), folder names, the scenes' true factors, or
 ``auto`` statistics of the pixels (brightness, saturation, warmth, contrast,
-sharpness), so any unlabelled collection gets sliders. Three kinds of direction:
+sharpness), so any unlabelled collection gets sliders. The kinds of direction:
 
 - ``DirectionField``: ``read`` maps latents to attributes, ``write`` maps them
   back, and an edit adds ``write(y + s) - write(y)``; over the global group
@@ -15,6 +16,9 @@ sharpness), so any unlabelled collection gets sliders. Three kinds of direction:
 - ``FeatureFlows`` (``auto`` statistics only): per attribute, a linear flow of
   the stage-1 features at every position, fitted on pairs of each picture and
   the same picture adjusted in pixels (brighter, more saturated, ...); any size.
+- ``FeatureEditor`` (``hvae.feature_editor``; rendered scenes only): a small
+  network on the stage-1 features trained on scenes and their counterfactuals;
+  the fitting size.
 - vectors in one group: ``Cov(z, y) / sd(y)`` (a field's linear summary), the
   ``pca`` axes of the global posterior means, or any the caller registers.
 
@@ -36,6 +40,7 @@ from torch import nn
 
 from hvae.data.images import to_pil
 from hvae.errors import HVAEError
+from hvae.feature_editor import FeatureEditor
 
 AUTO_STATISTICS = ("brightness", "saturation", "warmth", "contrast", "sharpness")
 
@@ -657,8 +662,15 @@ def solve_ridge(gram: torch.Tensor, cross: torch.Tensor, ridge: float) -> torch.
     return torch.linalg.solve(gram + ridge * gram.diagonal().mean() * eye, cross)
 
 
-def load_direction_set(spec: dict) -> DirectionField | MomentDirections | FeatureFlows:
+DirectionSet = DirectionField | MomentDirections | FeatureFlows | FeatureEditor
+
+
+def load_direction_set(spec: dict) -> DirectionSet:
     """An empty direction set built from its ``describe()`` entry, ready for its weights."""
+    if spec.get("kind") == FeatureEditor.kind:
+        return FeatureEditor(
+            spec["names"], spec["units"], spec["channels"], spec["width"], spec["blocks"]
+        )
     if spec.get("kind", "field") == "moments":
         return MomentDirections(spec["names"], spec["group_channels"], spec["detail_channels"])
     if spec.get("kind") == "feature-flow":
@@ -763,7 +775,8 @@ def channel_moments(pipe, images: Sequence[Image.Image]) -> dict[str, list[torch
     }
 
 
-DIRECTION_KINDS = ("field", "all-groups-field", "moments", "feature-flow")
+DIRECTION_KINDS = ("field", "all-groups-field", "moments", "feature-flow", "feature-editor")
+SUMMARY_SCENES = 2048  # scenes whose global latents give an editor's linear summaries
 
 
 def fit_directions(
@@ -808,6 +821,30 @@ def fit_directions(
         pipe.register_direction(
             name, direction, 0, source, "sd", field=field, index=field.names.index(name)
         )
+    return fits
+
+
+def fit_scene_editor(
+    pipe, n: int, seed: int, per_scene: int = 3, steps: int = 4000
+) -> dict[str, float]:
+    """Fit and register a ``FeatureEditor`` on ``n`` rendered scenes and ``per_scene``
+    counterfactuals of each; returns each attribute's share of its held-out pairs' feature
+    change that the editor predicts (``FeatureEditor.fit``)."""
+    from hvae.feature_editor import scene_pairs
+
+    if n < 8:
+        raise HVAEError(f"need at least 8 scenes to fit an editor, got {n}")
+    size = pipe.training_image_size
+    editor, fits = FeatureEditor.fit(
+        *scene_pairs(pipe.stage1, n, seed, size, per_scene), steps=steps
+    )
+    images, labels = scene_labels(min(n, SUMMARY_SCENES), seed, size)
+    global_latents = global_means(pipe, images)
+    for index, (name, units) in enumerate(zip(editor.names, editor.units, strict=True)):
+        # The first-order summary in the global group, as for the other sets: what ``keep``
+        # projects out of vector edits.
+        direction, _ = fit_label_direction(global_latents, labels[name])
+        pipe.register_direction(name, direction, 0, "scene pairs", units, editor, index)
     return fits
 
 

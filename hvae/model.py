@@ -251,6 +251,9 @@ class HVAECodes:
     # Set by feature-flow edits: the generator decoding applies to the features (see
     # hvae.directions.FeatureFlows); None when no such edit was made.
     feature_flow: torch.Tensor | None = None
+    # Set by feature-editor edits: (the editor, the strengths of its attributes) that decoding
+    # runs on the features (see hvae.feature_editor); None when no such edit was made.
+    feature_editor: tuple | None = None
     unedited: list[torch.Tensor] | None = None  # set by edits: the latents before the first edit
     # Decodes that depend only on the unedited latents, kept by the pipeline between edits of
     # the same codes (so a slider move costs one stage-2 pass). Shared by clones.
@@ -269,6 +272,7 @@ class HVAECodes:
             detail=self.detail,
             edited_groups=self.edited_groups,
             feature_flow=self.feature_flow,
+            feature_editor=self.feature_editor,
             unedited=self.unedited,
             base_cache=self.base_cache,
         )

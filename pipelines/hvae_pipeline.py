@@ -23,14 +23,14 @@ from safetensors.torch import load_file, save_file
 from hvae.autoencoder import FeatureAutoencoder
 from hvae.data.images import pad_to_multiple, to_pil
 from hvae.directions import (
-    DirectionField,
+    DirectionSet,
     FeatureFlows,
-    MomentDirections,
     flow_features,
     load_direction_set,
     project_out,
 )
 from hvae.errors import HVAEError
+from hvae.feature_editor import FeatureEditor
 from hvae.fingerprint import fingerprint
 from hvae.latent_prior import FittedPrior
 from hvae.model import HierarchicalVAE, HVAECodes
@@ -44,13 +44,14 @@ SAMPLE_PRIORS = ("auto", "fitted", "model")
 class Direction:
     """A vector added to one latent group (``strength`` 1 adds it once), or attribute
     ``index`` of a direction set, a ``DirectionField``, ``MomentDirections`` or
-    ``FeatureFlows`` (then ``vector`` is its linear summary in the global group)."""
+    ``FeatureFlows`` or ``FeatureEditor`` (then ``vector`` is its linear summary in the
+    global group)."""
 
     vector: torch.Tensor
     group: int = 0
     source: str = "user"
     units: str = "vector"
-    field: DirectionField | MomentDirections | FeatureFlows | None = None
+    field: DirectionSet | None = None
     index: int = 0
 
 
@@ -80,6 +81,14 @@ def cached_stage1(pipe) -> FeatureAutoencoder:
 def image_seed(seed: int, index: int) -> int:
     """Seed of image ``index`` in a run started with ``seed``: independent of batching."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def lerp_or_none(start: torch.Tensor | None, end: torch.Tensor | None, t: float):
+    """``lerp(start, end, t)`` where a missing end is zero; None when both are missing."""
+    if start is None and end is None:
+        return None
+    start = torch.zeros_like(end) if start is None else start
+    return torch.lerp(start, torch.zeros_like(start) if end is None else end, t)
 
 
 EDIT_MODES = ("delta", "residuals")
@@ -218,7 +227,7 @@ class HVAEPipeline(DiffusionPipeline):
         group: int = 0,
         source: str = "user",
         units: str = "vector",
-        field: DirectionField | MomentDirections | FeatureFlows | None = None,
+        field: DirectionSet | None = None,
         index: int = 0,
     ) -> None:
         """Make ``name`` editable: ``edit(codes, {name: s})`` adds ``s * vector`` to latent ``group``,
@@ -239,9 +248,9 @@ class HVAEPipeline(DiffusionPipeline):
                 f"direction {name!r} edits groups {field.groups}; this model has {len(groups)}"
             )
         features = self.hvae.config.in_channels
-        if isinstance(field, FeatureFlows) and field.channels != features:
+        if isinstance(field, FeatureFlows | FeatureEditor) and field.channels != features:
             raise HVAEError(
-                f"direction {name!r} flows {field.channels}-channel features; "
+                f"direction {name!r} edits {field.channels}-channel features; "
                 f"this model's have {features}"
             )
         self._directions[name] = Direction(vector, group, source, units, field, index)
@@ -281,6 +290,9 @@ class HVAEPipeline(DiffusionPipeline):
                 stride = self.stage1.stride
                 valid = tuple(-(-side // stride) for side in codes.image_size)
             features = flow_features(features, codes.feature_flow, valid)
+        if codes.feature_editor is not None:
+            editor, strengths = codes.feature_editor
+            features = editor(features, strengths)
         return self.stage1.decode(features, codes.image_size)
 
     def check_directions(self, names: Sequence[str]) -> None:
@@ -310,7 +322,7 @@ class HVAEPipeline(DiffusionPipeline):
         edited = codes.clone()  # shares codes.base_cache, which belongs to the unedited latents
         if edited.unedited is None:
             edited.unedited = codes.latents
-        moves: dict[int, tuple[DirectionField | MomentDirections | FeatureFlows, torch.Tensor]] = {}
+        moves: dict[int, tuple[DirectionSet, torch.Tensor]] = {}
         for name, strength in edits.items():
             direction = self._directions[name]
             if direction.field is not None:
@@ -350,9 +362,9 @@ class HVAEPipeline(DiffusionPipeline):
         latents decode as they are.
         """
         if not codes.edited_groups:
-            if codes.feature_flow is None:
+            if codes.feature_flow is None and codes.feature_editor is None:
                 return self.hvae.decode(codes)
-            # Edits that moved no latents (feature flows): one decode serves every slider
+            # Edits that moved no latents (feature flows and editors): one decode serves every slider
             # move. It is kept with the latents it decoded, so latents changed by hand, in
             # these codes or in those they were edited from, are decoded afresh.
             made_from, decoded = codes.base_cache.get("whole", ((), None))
@@ -390,7 +402,7 @@ class HVAEPipeline(DiffusionPipeline):
     @staticmethod
     def interpolate(start: HVAECodes, end: HVAECodes, t: float) -> HVAECodes:
         """Codes a fraction ``t`` of the way from ``start`` to ``end`` (same sizes): every group's
-        latents, the kept detail and any feature-flow edit alike."""
+        latents, the kept detail and any feature-flow or feature-editor edit alike."""
         if start.feature_size != end.feature_size or len(start) != len(end):
             raise HVAEError(
                 f"interpolation needs codes of one size and count, got {start.feature_size} x {len(start)} "
@@ -404,14 +416,16 @@ class HVAEPipeline(DiffusionPipeline):
         ]
         if start.detail is not None and end.detail is not None:
             mixed.detail = torch.lerp(start.detail, end.detail, t)
-        flows = [c.feature_flow for c in (start, end) if c.feature_flow is not None]
-        if flows:  # generators blend like strengths; codes without a flow have the zero one
-            zero = torch.zeros_like(flows[0])
-            mixed.feature_flow = torch.lerp(
-                zero if start.feature_flow is None else start.feature_flow,
-                zero if end.feature_flow is None else end.feature_flow,
-                t,
-            )
+        # Flow generators and editor strengths blend like strengths; unedited codes have zero.
+        mixed.feature_flow = lerp_or_none(start.feature_flow, end.feature_flow, t)
+        editors = {
+            id(c.feature_editor[0]): c.feature_editor[0] for c in (start, end) if c.feature_editor
+        }
+        if len(editors) > 1:
+            raise HVAEError("cannot interpolate codes edited by two different feature editors")
+        if editors:
+            strengths = [c.feature_editor and c.feature_editor[1] for c in (start, end)]
+            mixed.feature_editor = (*editors.values(), lerp_or_none(*strengths, t))
         return mixed
 
     @torch.no_grad()
