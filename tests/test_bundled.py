@@ -76,3 +76,40 @@ def test_samples_at_temperature_0_8_look_like_scenes(pipe):
 )
 def test_samples_from_the_model_prior_alone_look_like_scenes(pipe):
     assert count_scene_like(pipe.sample(64, temperature=0.8, seed=0, prior="model")) >= 56
+
+
+def test_bundled_scene_sliders_move_their_factor_and_make_shapes(pipe):
+    """Read from the pixels alone (no model of ours): the floor-hue slider moves the floor's
+    hue by at least half a canonical step the way asked and leaves the wall's, and the
+    sphere slider at +1 turns other objects into spheres. Benchmarked on 128 scenes in
+    benchmarks/editing.py; this is a floor for 16."""
+    from hvae.data.scene_estimate import estimate
+    from hvae.data.shapes import HUES, ShapesDataset
+    from hvae.demo import HELD_OUT_SEED
+
+    scenes = [ShapesDataset(16, seed=HELD_OUT_SEED, size=64)[i] for i in range(16)]
+    images = [image for image, _ in scenes]
+    signs = [1.0 if factors.floor_hue <= 0.4 else -1.0 for _, factors in scenes]
+    half_step = (HUES[1] - HUES[0]) / 2
+    codes = [pipe.encode([image]) for image in images]
+    before = [estimate(pipe.decode(c)[0]) for c in codes]
+    moved = [
+        estimate(pipe.decode(pipe.edit(c, {"floor_hue": s}))[0])
+        for c, s in zip(codes, signs, strict=True)
+    ]
+    success = sum(
+        (a["floor_hue"] - b["floor_hue"]) * s >= half_step
+        for a, b, s in zip(moved, before, signs, strict=True)
+    )
+    wall_kept = sum(
+        abs(a["wall_hue"] - b["wall_hue"]) < half_step for a, b in zip(moved, before, strict=True)
+    )
+    assert success >= 15 and wall_kept >= 15, (success, wall_kept)
+    # Only where the reader sees the object's shape (not when its hue matches the background).
+    others = [
+        c
+        for c, b, (_, factors) in zip(codes, before, scenes, strict=True)
+        if factors.shape != "sphere" and b["shape"] is not None
+    ]
+    made = [estimate(pipe.decode(pipe.edit(c, {"sphere": 1.0}))[0])["shape"] for c in others]
+    assert len(others) >= 5 and made.count("sphere") >= 0.8 * len(others), made
