@@ -4,7 +4,7 @@ Launches ``ui/app.py``, drives Debian's chromium (headless, through Playwright) 
 writes ``docs/ui_edit.png``, ``docs/ui_generate.png``, ``docs/ui_compress.png`` and
 ``docs/ui_decompress.png``. The README shows them.
 
-    python -m ui.screenshots [--out docs] [--edit NAME=STRENGTH]
+    python -m ui.screenshots [--out docs] [--slider I] [--position P]
 """
 
 from __future__ import annotations
