@@ -312,6 +312,8 @@ def cmd_directions_fit(args) -> int:
         raise HVAEError(
             "--kind feature-flow is fitted on pixel adjustments of the auto statistics: use --auto"
         )
+    if args.resume and args.kind != "feature-editor":
+        raise HVAEError("--resume continues a feature editor: use it with --kind feature-editor")
     if args.kind == "feature-editor":
         if args.scenes is None:
             raise HVAEError(
@@ -319,7 +321,7 @@ def cmd_directions_fit(args) -> int:
                 "use --scenes N"
             )
         fits = directions.fit_scene_editor(
-            pipe, args.scenes, args.seed, args.pairs_per_scene, args.steps
+            pipe, args.scenes, args.seed, args.pairs_per_scene, args.steps, args.lr, args.resume
         )
         print(
             "\n".join(
@@ -815,6 +817,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=4000,
         help="with --kind feature-editor: training steps of 64 pairs (default: 4000)",
+    )
+    q.add_argument(
+        "--lr",
+        type=float,
+        default=1e-3,
+        help="with --kind feature-editor: the peak learning rate of the one-cycle schedule "
+        "(default: 1e-3)",
+    )
+    q.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --kind feature-editor: train the model's own editor further instead of a new "
+        "one; give the --scenes, --seed and --pairs-per-scene it was fitted with, so its "
+        "held-out pairs stay held out",
     )
     q.add_argument("--all-groups", action="store_true", help="the same as --kind all-groups-field")
     q.add_argument("-o", "--out", help="write a new pipeline folder instead of updating --model")

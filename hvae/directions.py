@@ -825,18 +825,37 @@ def fit_directions(
 
 
 def fit_scene_editor(
-    pipe, n: int, seed: int, per_scene: int = 3, steps: int = 4000
+    pipe,
+    n: int,
+    seed: int,
+    per_scene: int = 3,
+    steps: int = 4000,
+    lr: float = 1e-3,
+    resume: bool = False,
 ) -> dict[str, float]:
     """Fit and register a ``FeatureEditor`` on ``n`` rendered scenes and ``per_scene``
-    counterfactuals of each; returns each attribute's share of its held-out pairs' feature
-    change that the editor predicts (``FeatureEditor.fit``)."""
+    counterfactuals of each (with ``resume``, train the pipeline's own editor further on
+    them); returns each attribute's share of its held-out pairs' feature change that the
+    editor predicts (``FeatureEditor.fit``)."""
     from hvae.feature_editor import scene_pairs
 
     if n < 8:
         raise HVAEError(f"need at least 8 scenes to fit an editor, got {n}")
+    start = None
+    if resume:
+        editors = {
+            id(d.field): d.field
+            for d in pipe._directions.values()
+            if isinstance(d.field, FeatureEditor)
+        }
+        if len(editors) != 1:
+            raise HVAEError(
+                f"--resume continues the pipeline's feature editor; it has {len(editors)}"
+            )
+        (start,) = editors.values()
     size = pipe.training_image_size
     editor, fits = FeatureEditor.fit(
-        *scene_pairs(pipe.stage1, n, seed, size, per_scene), steps=steps
+        *scene_pairs(pipe.stage1, n, seed, size, per_scene), steps=steps, lr=lr, start=start
     )
     images, labels = scene_labels(min(n, SUMMARY_SCENES), seed, size)
     global_latents = global_means(pipe, images)

@@ -152,11 +152,14 @@ class FeatureEditor(nn.Module):
         seed: int = 0,
         width: int = 32,
         blocks: int = 1,
+        start: FeatureEditor | None = None,
     ) -> tuple[FeatureEditor, dict[str, float]]:
         """Train on pairs: ``targets[i]`` (P, C, H, W) is ``sources[source_index[i]]`` changed by
         ``strengths[i]`` (P, K). Returns the editor and, per attribute, the fraction of its
         pairs' feature change the editor explains on a tenth of the pairs held out from
-        training (1 - residual / change, summed over those pairs)."""
+        training (1 - residual / change, summed over those pairs). ``start`` continues
+        training that editor (fitted on the same pairs and ``seed``, so the held-out tenth
+        stays held out) instead of a new one."""
         from tqdm.auto import tqdm
 
         if len(targets) < 20:
@@ -164,7 +167,20 @@ class FeatureEditor(nn.Module):
         generator = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(targets), generator=generator)
         held, train = order[: len(order) // 10], order[len(order) // 10 :]
-        editor = cls(names, units, sources.shape[1], width, blocks)
+        if start is None:
+            editor = cls(names, units, sources.shape[1], width, blocks)
+        else:
+            if (start.names, start.units, start.channels) != (
+                list(names),
+                list(units),
+                sources.shape[1],
+            ):
+                raise HVAEError(
+                    f"the editor to continue moves {start.names} of {start.channels}-channel "
+                    f"features; these pairs move {list(names)} of {sources.shape[1]}-channel ones"
+                )
+            editor = start.train()
+            generator.manual_seed(seed + 1)  # new batches; the same held-out pairs
         optimizer = torch.optim.AdamW(editor.parameters(), lr=lr, weight_decay=1e-4)
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps)
         progress = tqdm(range(steps), desc="training the editor", dynamic_ncols=True)

@@ -1,10 +1,12 @@
 """The feature editor: learns edits from pairs, holds what it is not asked to move, and
 plugs into the pipeline like any direction set."""
 
+import pytest
 import torch
 
 from hvae.cli import main
 from hvae.data.images import to_pil
+from hvae.errors import HVAEError
 from hvae.feature_editor import FeatureEditor
 from pipelines import HVAEPipeline
 
@@ -53,8 +55,19 @@ def test_editor_directions_fit_from_the_cli_compose_and_survive_save_and_load(
     base = ["directions", "fit", "--model", str(tmp_path / "p"), "--kind", "feature-editor"]
     assert main([*base, "--auto", str(tmp_path)]) == 2
     assert "use --scenes N" in capsys.readouterr().err
-    assert main([*base, "--scenes", "24", "--pairs-per-scene", "2", "--steps", "3"]) == 0
+    fit = [*base, "--scenes", "24", "--pairs-per-scene", "2", "--steps", "3"]
+    assert main([*fit, "--resume"]) == 2  # nothing to continue yet
+    assert "it has 0" in capsys.readouterr().err
+    assert main(fit) == 0
     assert "held-out pairs' feature change predicted" in capsys.readouterr().out
+    first = HVAEPipeline.from_pretrained(tmp_path / "p")._directions["scale"].field.state_dict()
+    assert main([*fit, "--resume", "--lr", "1e-2"]) == 0  # continues the saved editor
+    resumed = HVAEPipeline.from_pretrained(tmp_path / "p")._directions["scale"].field
+    assert any(not torch.equal(first[k], v) for k, v in resumed.state_dict().items())
+    with pytest.raises(HVAEError, match="moves"):  # pairs of other attributes cannot continue it
+        FeatureEditor.fit(
+            *synthetic_pairs(64), ["lift", "swap"], ["sd", "sd"], steps=1, start=resumed
+        )
     pipe = HVAEPipeline.from_pretrained(tmp_path / "p")
     metadata = pipe.direction_metadata()
     assert metadata["sphere"]["units"] == "class" and metadata["scale"]["units"] == "sd"
