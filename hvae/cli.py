@@ -804,7 +804,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(the bundled photo sliders); feature-editor (with --scenes only): a small network on the "
         "stage-1 features trained on rendered scenes and their counterfactuals, each changed in a "
         "few factors, to make exactly the change asked for; shapes move in class units (+1 makes "
-        "the object that shape); any image size (the bundled scene sliders)",
+        "the object that shape); images of the size it was trained on (the bundled scene sliders)",
     )
     q.add_argument(
         "--pairs-per-scene",

@@ -794,6 +794,11 @@ def fit_directions(
     check_labels(labels)
     if kind not in DIRECTION_KINDS:
         raise HVAEError(f"kind must be one of {', '.join(DIRECTION_KINDS)}, got {kind!r}")
+    if kind == "feature-editor":
+        raise HVAEError(
+            "a feature editor is trained on pairs, not labels: use fit_scene_editor "
+            "(hvae directions fit --scenes N --kind feature-editor)"
+        )
     if len(images) < 8:
         raise HVAEError(f"need at least 8 images to fit directions, got {len(images)}")
     if kind == "feature-flow":

@@ -102,7 +102,10 @@ class FeatureEditor(nn.Module):
         }
 
     def forward(self, features: torch.Tensor, strengths: torch.Tensor) -> torch.Tensor:
-        """Edited features; ``strengths`` is (K,) for the whole batch or (N, K)."""
+        """Edited features; ``strengths`` is (K,) for the whole batch or (N, K). Computed in the
+        editor's own precision, returned in the features'."""
+        given = features
+        features = features.to(self.out.weight)
         n, _, height, width = features.shape
         strengths = strengths.to(features).expand(n, len(self.names))
         condition = self.condition(strengths)
@@ -117,7 +120,7 @@ class FeatureEditor(nn.Module):
         middle = self.run(self.middle_up, self.up2(torch.cat([up, middle], 1)), condition)
         up = F.interpolate(middle, scale_factor=2.0, mode="nearest")
         fine = self.run(self.fine_up, self.up1(torch.cat([up, fine], 1)), condition)
-        return features + self.out(F.silu(fine))[..., :height, :width]
+        return (features + self.out(F.silu(fine))[..., :height, :width]).to(given.dtype)
 
     @staticmethod
     def run(blocks: nn.ModuleList, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:

@@ -292,7 +292,7 @@ class HVAEPipeline(DiffusionPipeline):
             features = flow_features(features, codes.feature_flow, valid)
         if codes.feature_editor is not None:
             editor, strengths = codes.feature_editor
-            features = editor(features, strengths)
+            features = editor.to(features.device)(features, strengths)
         return self.stage1.decode(features, codes.image_size)
 
     def check_directions(self, names: Sequence[str]) -> None:

@@ -99,3 +99,12 @@ def test_editor_directions_fit_from_the_cli_compose_and_survive_save_and_load(
         pipe.decode_tensor(once),
         atol=1e-5,
     )
+
+
+def test_label_fits_refuse_the_editor_kind(tiny_pipeline):
+    import numpy as np
+
+    from hvae.directions import fit_directions
+
+    with pytest.raises(HVAEError, match="trained on pairs"):
+        fit_directions(tiny_pipeline, [], {"a": np.array([0.0, 1.0])}, "labels", "feature-editor")
