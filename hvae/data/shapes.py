@@ -26,6 +26,14 @@ SHAPES = ("cube", "cylinder", "sphere", "capsule")
 ORIENTATIONS = tuple(float(o) for o in np.linspace(-30.0, 30.0, 15))
 
 FACTOR_NAMES = ("floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation")
+# Where each continuous factor may lie: its canonical values' span (any float in it renders).
+FACTOR_RANGES = {
+    "floor_hue": (HUES[0], HUES[-1]),
+    "wall_hue": (HUES[0], HUES[-1]),
+    "object_hue": (HUES[0], HUES[-1]),
+    "scale": (SCALES[0], SCALES[-1]),
+    "orientation": (ORIENTATIONS[0], ORIENTATIONS[-1]),
+}
 
 # Scene geometry as fractions of the image size.
 HORIZON = 0.55  # wall/floor boundary height at the image centre
@@ -142,11 +150,11 @@ def render(
     size: int = 128,
 ) -> Image.Image:
     """Render one scene as an RGB PIL image of ``size`` x ``size`` pixels."""
-    floor_hue = _check_range("floor_hue", floor_hue, 0.0, 0.8)
-    wall_hue = _check_range("wall_hue", wall_hue, 0.0, 0.8)
-    object_hue = _check_range("object_hue", object_hue, 0.0, 0.8)
-    scale = _check_range("scale", scale, 0.75, 1.25)
-    orientation = _check_range("orientation", orientation, -30.0, 30.0)
+    floor_hue = _check_range("floor_hue", floor_hue, *FACTOR_RANGES["floor_hue"])
+    wall_hue = _check_range("wall_hue", wall_hue, *FACTOR_RANGES["wall_hue"])
+    object_hue = _check_range("object_hue", object_hue, *FACTOR_RANGES["object_hue"])
+    scale = _check_range("scale", scale, *FACTOR_RANGES["scale"])
+    orientation = _check_range("orientation", orientation, *FACTOR_RANGES["orientation"])
     if shape not in SHAPES:
         raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
     if size < 16:
@@ -221,13 +229,6 @@ class ShapesDataset:
             yield self[i]
 
 
-FACTOR_RANGES = {
-    "floor_hue": (HUES[0], HUES[-1]),
-    "wall_hue": (HUES[0], HUES[-1]),
-    "object_hue": (HUES[0], HUES[-1]),
-    "scale": (SCALES[0], SCALES[-1]),
-    "orientation": (ORIENTATIONS[0], ORIENTATIONS[-1]),
-}
 # How many factors one training pair changes at once, and how often: most pairs teach one
 # slider, the rest teach sliders moved together.
 CHANGED_FACTORS = {1: 0.5, 2: 0.3, 3: 0.2}
