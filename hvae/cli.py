@@ -294,11 +294,14 @@ def cmd_directions_fit(args) -> int:
         args.auto,
         args.pca is not None,
         args.scenes is not None,
+        args.pairs is not None,
     ]
     if sum(sources) != 1:
         raise HVAEError(
-            "choose exactly one of --labels CSV, --folders, --auto, --pca K, --scenes N"
+            "choose exactly one of --labels CSV, --folders, --auto, --pca K, --scenes N, --pairs CSV"
         )
+    if args.pairs is not None and args.kind != "feature-editor":
+        raise HVAEError("--pairs trains a feature editor: use it with --kind feature-editor")
     # Option conflicts fail before any image is read.
     if args.all_groups and args.kind not in ("field", "all-groups-field"):
         raise HVAEError(
@@ -315,14 +318,17 @@ def cmd_directions_fit(args) -> int:
     if args.resume and args.kind != "feature-editor":
         raise HVAEError("--resume continues a feature editor: use it with --kind feature-editor")
     if args.kind == "feature-editor":
-        if args.scenes is None:
-            raise HVAEError(
-                "--kind feature-editor is trained on rendered scenes and their counterfactuals: "
-                "use --scenes N"
+        if args.pairs is not None:
+            fits = directions.fit_pair_editor(pipe, args.pairs, args.steps, args.lr, args.resume)
+        elif args.scenes is not None:
+            fits = directions.fit_scene_editor(
+                pipe, args.scenes, args.seed, args.pairs_per_scene, args.steps, args.lr, args.resume
             )
-        fits = directions.fit_scene_editor(
-            pipe, args.scenes, args.seed, args.pairs_per_scene, args.steps, args.lr, args.resume
-        )
+        else:
+            raise HVAEError(
+                "--kind feature-editor is trained on before/after pairs: use --pairs CSV, or "
+                "--scenes N for rendered scenes and their counterfactuals"
+            )
         print(
             "\n".join(
                 f"{name}: {share:.1%} of its held-out pairs' feature change predicted"
@@ -770,7 +776,8 @@ def build_parser() -> argparse.ArgumentParser:
         "standard deviation over the fitting images. Sources: --labels CSV (a header row, first column the file "
         "name; CelebA's list_attr_celeba.txt works as is), --folders (one binary attribute per sub-folder), "
         "--auto (brightness, saturation, warmth, contrast, sharpness computed from the pixels), --pca K "
-        "(unsupervised), or --scenes N (rendered scenes with their true factors). The directions are added to the "
+        "(unsupervised), --scenes N (rendered scenes with their true factors), or --pairs CSV (before/after "
+        "images and the change between them, for --kind feature-editor). The directions are added to the "
         "model folder, or to a copy of it with -o.",
     )
     q.add_argument("inputs", nargs="*", help="image files or folders to fit on")
@@ -784,6 +791,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--scenes", type=_positive_int, metavar="N", help="N rendered scenes with true factors"
     )
     q.add_argument("--seed", type=int, default=2, help="seed of the --scenes (default: 2)")
+    q.add_argument(
+        "--pairs",
+        metavar="CSV",
+        help="before/after pairs for --kind feature-editor: a header before,after,<attribute>,... "
+        "and per row two image files (relative to the CSV) and how much each attribute changes "
+        "from the first to the second; strength 1 is one unit of that change. Images must be the "
+        "pipeline's training size",
+    )
     q.add_argument(
         "--max-side",
         type=_positive_int,
@@ -801,10 +816,11 @@ def build_parser() -> argparse.ArgumentParser:
         "latent channel and the kept detail per sd of the attribute, any image size; feature-flow "
         "(with --auto only): a linear flow of the stage-1 features at every position, fitted on "
         "each image and the same image brightened, saturated, warmed, ... in pixels, any image size "
-        "(the bundled photo sliders); feature-editor (with --scenes only): a small network on the "
-        "stage-1 features trained on rendered scenes and their counterfactuals, each changed in a "
-        "few factors, to make exactly the change asked for; shapes move in class units (+1 makes "
-        "the object that shape); images of the size it was trained on (the bundled scene sliders)",
+        "(the bundled photo sliders); feature-editor (with --scenes or --pairs): a small network on "
+        "the stage-1 features trained on before/after pairs, rendered scenes and their "
+        "counterfactuals (each changed in a few factors; shapes move in class units, +1 makes the "
+        "object that shape) or your own, to make exactly the change asked for; images of the "
+        "size it was trained on (the bundled scene sliders)",
     )
     q.add_argument(
         "--pairs-per-scene",
@@ -829,8 +845,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="with --kind feature-editor: train the model's own editor further instead of a new "
-        "one; give the --scenes, --seed and --pairs-per-scene it was fitted with, so its "
-        "held-out pairs stay held out",
+        "one; give the --pairs CSV, or the --scenes, --seed and --pairs-per-scene, it was fitted "
+        "with, so its held-out pairs stay held out",
     )
     q.add_argument("--all-groups", action="store_true", help="the same as --kind all-groups-field")
     q.add_argument("-o", "--out", help="write a new pipeline folder instead of updating --model")

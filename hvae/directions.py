@@ -16,9 +16,9 @@ sharpness), so any unlabelled collection gets sliders. The kinds of direction:
 - ``FeatureFlows`` (``auto`` statistics only): per attribute, a linear flow of
   the stage-1 features at every position, fitted on pairs of each picture and
   the same picture adjusted in pixels (brighter, more saturated, ...); any size.
-- ``FeatureEditor`` (``hvae.feature_editor``; rendered scenes only): a small
-  network on the stage-1 features trained on scenes and their counterfactuals;
-  the fitting size.
+- ``FeatureEditor`` (``hvae.feature_editor``): a small network on the stage-1
+  features trained on before/after pairs (scenes and their counterfactuals, or
+  the user's pictures from a pair table); the fitting size.
 - vectors in one group: ``Cov(z, y) / sd(y)`` (a field's linear summary), the
   ``pca`` axes of the global posterior means, or any the caller registers.
 
@@ -100,6 +100,15 @@ def read_label_table(path: str | Path) -> tuple[list[str], dict[str, list[float]
     """(file names, {column: values}) from a CSV with a header whose first column names the
     file, or from CelebA's ``list_attr_celeba.txt`` (a count line, a header line of attribute
     names, then ``file v1 v2 ...`` rows separated by spaces; ±1 values work as they are)."""
+    keys, table = _read_table(path, key_columns=1)
+    return [k[0] for k in keys], table
+
+
+def _read_table(
+    path: str | Path, key_columns: int
+) -> tuple[list[list[str]], dict[str, list[float]]]:
+    """(per row, its first ``key_columns`` fields; {column: numbers}) from a CSV with a header,
+    or from CelebA's space-separated attribute file (a count line first)."""
     path = Path(path)
     if not path.is_file():
         raise HVAEError(f"{path}: no such label file")
@@ -112,23 +121,57 @@ def read_label_table(path: str | Path) -> tuple[list[str], dict[str, list[float]
         rows = [r for r in rows if r]
     else:
         reader = list(csv.reader(lines))
-        columns, rows = reader[0][1:], reader[1:]
-    names, table = [], {c.strip(): [] for c in columns}
+        columns, rows = reader[0][key_columns:], reader[1:]
+    keys, table = [], {c.strip(): [] for c in columns}
+    what = "a file name" if key_columns == 1 else f"{key_columns} file names"
     for number, row in enumerate(rows, 1):
-        if len(row) != len(columns) + 1:
+        if len(row) != len(columns) + key_columns:
             raise HVAEError(
-                f"{path}: row {number} has {len(row)} fields, expected {len(columns) + 1} "
-                f"(a file name and {len(columns)} labels)"
+                f"{path}: row {number} has {len(row)} fields, expected "
+                f"{len(columns) + key_columns} ({what} and {len(columns)} labels)"
             )
-        names.append(row[0].strip())
-        for column, value in zip(columns, row[1:], strict=True):
+        keys.append([field.strip() for field in row[:key_columns]])
+        for column, value in zip(columns, row[key_columns:], strict=True):
             try:
                 table[column.strip()].append(float(value))
             except ValueError:
                 raise HVAEError(
                     f"{path}: row {number}, column {column.strip()!r}: {value!r} is not a number"
                 ) from None
-    return names, table
+    return keys, table
+
+
+def read_pair_table(
+    path: str | Path,
+) -> tuple[list[tuple[Path, Path]], dict[str, np.ndarray]]:
+    """Before/after pairs and the change that leads from one to the other: a CSV whose header
+    is ``before,after,<attribute>,...``; each row names two image files (relative to the
+    CSV's folder, or absolute) and how much each attribute changes from the first to the
+    second, in units of the user's choosing (strength 1 is one such unit)."""
+    path = Path(path)
+    if path.is_file():
+        header = next(csv.reader(path.read_text().splitlines()[:1]), [])
+        if [h.strip().lower() for h in header[:2]] != ["before", "after"] or len(header) < 3:
+            raise HVAEError(
+                f"{path}: the header must be before,after followed by at least one attribute "
+                f"column; got {','.join(header) or 'nothing'}"
+            )
+    keys, table = _read_table(path, key_columns=2)
+    root = path.parent
+    pairs = [(root / before, root / after) for before, after in keys]
+    missing = sorted({str(p) for pair in pairs for p in pair if not p.is_file()})
+    if missing:
+        raise HVAEError(
+            f"{path}: {len(missing)} image file(s) not found, e.g. {', '.join(missing[:3])}"
+        )
+    changes = {column: np.asarray(values) for column, values in table.items()}
+    still = [column for column, values in changes.items() if not values.any()]
+    if still:
+        raise HVAEError(
+            f"{path}: column(s) {', '.join(still)} never change, so they teach nothing; "
+            "drop them or add pairs that change them"
+        )
+    return pairs, changes
 
 
 def labels_for(
@@ -846,29 +889,75 @@ def fit_scene_editor(
 
     if n < 8:
         raise HVAEError(f"need at least 8 scenes to fit an editor, got {n}")
-    start = None
-    if resume:
-        editors = {
-            id(d.field): d.field
-            for d in pipe._directions.values()
-            if isinstance(d.field, FeatureEditor)
-        }
-        if len(editors) != 1:
-            raise HVAEError(
-                f"--resume continues the pipeline's feature editor; it has {len(editors)}"
-            )
-        (start,) = editors.values()
+    start = _editor_to_resume(pipe, resume)
     size = pipe.training_image_size
-    editor, fits = FeatureEditor.fit(
-        *scene_pairs(pipe.stage1, n, seed, size, per_scene), steps=steps, lr=lr, start=start
-    )
+    pairs = scene_pairs(pipe.stage1, n, seed, size, per_scene)
     images, labels = scene_labels(min(n, SUMMARY_SCENES), seed, size)
     global_latents = global_means(pipe, images)
+    # The first-order summary in the global group, as for the other sets: what ``keep``
+    # projects out of vector edits.
+    summaries = {name: fit_label_direction(global_latents, labels[name])[0] for name in pairs[4]}
+    return _fit_editor(pipe, pairs, summaries, "scene pairs", steps, lr, start)
+
+
+def fit_pair_editor(
+    pipe, table: str | Path, steps: int = 4000, lr: float = 1e-3, resume: bool = False
+) -> dict[str, float]:
+    """Fit and register a ``FeatureEditor`` on the user's before/after pairs
+    (``read_pair_table``); strengths are the table's changes as given, and images must be
+    the pipeline's training size, the size the editor then edits at."""
+    from hvae.data.images import load_image
+
+    pairs, changes = read_pair_table(table)
+    start = _editor_to_resume(pipe, resume)
+    size = pipe.training_image_size
+    befores = sorted({before for before, _ in pairs})
+    images = {p: load_image(p) for p in [*befores, *(after for _, after in pairs)]}
+    wrong = sorted(str(p) for p, image in images.items() if image.size != (size, size))
+    if wrong:
+        raise HVAEError(
+            f"{len(wrong)} pair image(s) are not {size}×{size}, the size this pipeline's editor "
+            f"edits at, e.g. {', '.join(wrong[:3])}"
+        )
+    index = {p: i for i, p in enumerate(befores)}
+    sources = pipe.stage1.encode([images[p] for p in befores]).float().cpu()
+    targets = pipe.stage1.encode([images[after] for _, after in pairs]).float().cpu()
+    source_index = torch.tensor([index[before] for before, _ in pairs])
+    names = list(changes)
+    strengths = torch.tensor(np.stack([changes[n] for n in names], 1), dtype=torch.float32)
+    # The first-order summary in the global group: the least-squares change of the global
+    # latents per unit of each attribute, over the pairs.
+    moved = global_means(pipe, [images[a] for _, a in pairs]) - global_means(
+        pipe, [images[b] for b, _ in pairs]
+    )
+    per_unit = torch.linalg.lstsq(strengths.double(), moved.double()).solution.float()
+    summaries = dict(zip(names, per_unit, strict=True))
+    units = [f"unit of {Path(table).name}"] * len(names)
+    pair_set = (sources, targets, source_index, strengths, names, units)
+    return _fit_editor(pipe, pair_set, summaries, "pairs", steps, lr, start)
+
+
+def _editor_to_resume(pipe, resume: bool) -> FeatureEditor | None:
+    """The pipeline's own editor when ``resume`` asks for it (checked before any pair is made)."""
+    if not resume:
+        return None
+    editors = {
+        id(d.field): d.field
+        for d in pipe._directions.values()
+        if isinstance(d.field, FeatureEditor)
+    }
+    if len(editors) != 1:
+        raise HVAEError(f"--resume continues the pipeline's feature editor; it has {len(editors)}")
+    (editor,) = editors.values()
+    return editor
+
+
+def _fit_editor(pipe, pairs, summaries, source, steps, lr, start) -> dict[str, float]:
+    """Train an editor on ``pairs`` (``FeatureEditor.fit``'s first six arguments), or continue
+    ``start``, and register one direction per attribute."""
+    editor, fits = FeatureEditor.fit(*pairs, steps=steps, lr=lr, start=start)
     for index, (name, units) in enumerate(zip(editor.names, editor.units, strict=True)):
-        # The first-order summary in the global group, as for the other sets: what ``keep``
-        # projects out of vector edits.
-        direction, _ = fit_label_direction(global_latents, labels[name])
-        pipe.register_direction(name, direction, 0, "scene pairs", units, editor, index)
+        pipe.register_direction(name, summaries[name], 0, source, units, editor, index)
     return fits
 
 

@@ -54,7 +54,7 @@ def test_editor_directions_fit_from_the_cli_compose_and_survive_save_and_load(
     tiny_pipeline.save_pretrained(tmp_path / "p")
     base = ["directions", "fit", "--model", str(tmp_path / "p"), "--kind", "feature-editor"]
     assert main([*base, "--auto", str(tmp_path)]) == 2
-    assert "use --scenes N" in capsys.readouterr().err
+    assert "use --pairs CSV, or --scenes N" in capsys.readouterr().err
     fit = [*base, "--scenes", "24", "--pairs-per-scene", "2", "--steps", "3"]
     assert main([*fit, "--resume"]) == 2  # nothing to continue yet
     assert "it has 0" in capsys.readouterr().err
@@ -99,6 +99,96 @@ def test_editor_directions_fit_from_the_cli_compose_and_survive_save_and_load(
         pipe.decode_tensor(once),
         atol=1e-5,
     )
+
+
+def write_pairs(folder, n: int = 24, size: int = 64, header: str = "before,after,brighter,redder"):
+    """``n`` random images and edited copies (brighter, or redder, by a known amount) with the
+    CSV that describes them; returns the CSV's path."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = [header]
+    for i in range(n):
+        before = rng.integers(0, 200, (size, size, 3)).astype(np.float64)
+        brighter, redder = (1.0, 0.0) if i % 2 else (0.0, -1.0 if i % 4 else 1.0)
+        after = before + 40 * brighter
+        after[..., 0] += 40 * redder
+        for name, pixels in ((f"{i}.png", before), (f"{i}-edited.png", after)):
+            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / name)
+        rows.append(f"{i}.png,{i}-edited.png,{brighter},{redder}")
+    (folder / "pairs.csv").write_text("\n".join(rows) + "\n")
+    return folder / "pairs.csv"
+
+
+def test_user_pairs_from_a_csv_fit_an_editor(tiny_pipeline, tmp_path, capsys):
+    from PIL import Image
+
+    tiny_pipeline.save_pretrained(tmp_path / "p")
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    table = write_pairs(folder)
+    base = ["directions", "fit", "--model", str(tmp_path / "p"), "--pairs", str(table)]
+    assert main(base) == 2  # the default kind is a field, which pairs cannot train
+    assert "--kind feature-editor" in capsys.readouterr().err
+    fit = [*base, "--kind", "feature-editor", "--steps", "5"]
+    assert main(fit) == 0
+    out = capsys.readouterr().out
+    assert "brighter:" in out and "redder:" in out
+    pipe = HVAEPipeline.from_pretrained(tmp_path / "p")
+    metadata = pipe.direction_metadata()
+    assert metadata["redder"] == metadata["redder"] | {
+        "kind": "feature-editor",
+        "source": "pairs",
+        "units": "unit of pairs.csv",
+    }
+    assert pipe.edit_size == 64
+    # The global-group summary is the least-squares change per unit over the pairs.
+    summary = pipe._directions["brighter"].vector
+    assert summary.numel() == pipe.hvae.latent_groups[0].z_channels
+    assert summary.isfinite().all() and summary.abs().sum() > 0
+    codes = pipe.encode([Image.open(folder / "0.png")])
+    editor = pipe._directions["brighter"].field
+    with torch.no_grad():
+        editor.out.weight.normal_(0, 0.05)  # five steps barely move it; make the edit visible
+    assert not torch.allclose(
+        pipe.decode_tensor(pipe.edit(codes, {"brighter": 1.0})), pipe.decode_tensor(codes)
+    )
+
+
+@pytest.mark.parametrize(
+    "spoil, message",
+    [
+        (lambda f: (f / "pairs.csv").write_text("a,b,c\n1.png,1-edited.png,1\n"), "header must be"),
+        (lambda f: (f / "3.png").unlink(), "not found, e.g."),
+        (lambda f: write_pairs(f, header="before,after,brighter,redder,never"), "fields"),
+        (lambda f: write_pairs(f, size=32), "are not 64×64"),
+        (lambda f: write_pairs(f, n=12), "at least 20 pairs"),
+    ],
+)
+def test_pair_tables_that_do_not_match_their_images_get_clear_errors(
+    tiny_pipeline, tmp_path, capsys, spoil, message
+):
+    write_pairs(tmp_path)
+    spoil(tmp_path)
+    fit = ["directions", "fit", "--model", str(tmp_path / "p"), "--kind", "feature-editor"]
+    tiny_pipeline.save_pretrained(tmp_path / "p")
+    assert main([*fit, "--pairs", str(tmp_path / "pairs.csv"), "--steps", "1"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_pair_column_that_never_changes_is_an_error(tmp_path):
+    from hvae.directions import read_pair_table
+
+    table = write_pairs(tmp_path)
+    lines = table.read_text().splitlines()
+    rows = [lines[0] + ",never"] + [line + ",0" for line in lines[1:]]
+    table.write_text("\n".join(rows))
+    with pytest.raises(HVAEError, match="never change"):
+        read_pair_table(table)
+    pairs, changes = read_pair_table(write_pairs(tmp_path))
+    assert pairs[1] == (tmp_path / "1.png", tmp_path / "1-edited.png")
+    assert list(changes) == ["brighter", "redder"] and changes["brighter"][1] == 1.0
 
 
 def test_label_fits_refuse_the_editor_kind(tiny_pipeline):
