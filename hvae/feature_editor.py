@@ -171,7 +171,9 @@ class FeatureEditor(nn.Module):
         order = torch.randperm(len(targets), generator=generator)
         held, train = order[: len(order) // 10], order[len(order) // 10 :]
         if start is None:
-            editor = cls(names, units, sources.shape[1], width, blocks)
+            with torch.random.fork_rng(devices=[]):  # the same seed, the same editor, every run
+                torch.manual_seed(seed)
+                editor = cls(names, units, sources.shape[1], width, blocks)
         else:
             if (start.names, start.units, start.channels) != (
                 list(names),

@@ -48,6 +48,17 @@ def test_a_new_editor_is_the_identity_and_fitting_learns_each_edit():
     assert lifted[:, 1:].abs().mean() < 0.15
 
 
+def test_the_same_pairs_and_seed_fit_the_same_editor_whatever_ran_before():
+    pairs = (*synthetic_pairs(64), ["lift", "swap"], ["sd", "sd"])
+    first, _ = FeatureEditor.fit(*pairs, steps=3, width=16)
+    torch.rand(7)  # other work in between moves the global random state
+    second, _ = FeatureEditor.fit(*pairs, steps=3, width=16)
+    third, _ = FeatureEditor.fit(*pairs, steps=3, width=16, seed=1)
+    weights = [e.state_dict() for e in (first, second, third)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+
+
 def test_editor_directions_fit_from_the_cli_compose_and_survive_save_and_load(
     tiny_pipeline, tmp_path, capsys
 ):
