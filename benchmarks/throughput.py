@@ -1,6 +1,8 @@
 """Batch throughput of the pipeline on CPU: images/s and peak memory against batch size.
 
-For generate, encode, decode and edit at 128² and 256², every batch size in
+For generate, encode, decode and edit at 128² and 256² (edit only at the size
+the pipeline's sliders edit at, when they have one: --sizes 64 for the bundled
+scene sliders), every batch size in
 --batch-sizes processes the same --images images (after one warm-up batch).
 Peak memory is the process's resident-set high-water mark during that
 measurement (reset through /proc/self/clear_refs, so each row is its own peak),
@@ -129,6 +131,9 @@ def main() -> None:
             image.resize((size, size)) for image, _ in ShapesDataset(args.images, seed=7, size=size)
         ]
         ops = operations(pipe, size, images, direction)
+        if pipe.edit_size not in (None, size):
+            print(f"  edit     {size}²: skipped, the sliders edit {pipe.edit_size}² images only")
+            del ops["edit"]
         for name, fn in ops.items():
             for batch_size in args.batch_sizes:
                 rate, peak = measure(fn, images, batch_size)

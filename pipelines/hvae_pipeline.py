@@ -319,6 +319,14 @@ class HVAEPipeline(DiffusionPipeline):
         generator that decoding applies to the features.
         """
         self.check_directions([*edits, *(keep or ())])
+        side = self.edit_size
+        fixed = [n for n in edits if (f := self._directions[n].field) and not f.any_size]
+        if fixed and codes.image_size is not None and codes.image_size != (side, side):
+            height, width = codes.image_size
+            raise HVAEError(
+                f"{', '.join(sorted(fixed))} edit(s) {side}×{side} images, the size they were "
+                f"fitted at; these codes are of a {height}×{width} image: resize it first"
+            )
         edited = codes.clone()  # shares codes.base_cache, which belongs to the unedited latents
         if edited.unedited is None:
             edited.unedited = codes.latents

@@ -165,6 +165,9 @@ def test_user_pairs_from_a_csv_fit_an_editor(tiny_pipeline, tmp_path, capsys):
     assert not torch.allclose(
         pipe.decode_tensor(pipe.edit(codes, {"brighter": 1.0})), pipe.decode_tensor(codes)
     )
+    small = pipe.encode([Image.open(folder / "0.png").resize((32, 32))])
+    with pytest.raises(HVAEError, match="64×64 images, the size they were fitted at"):
+        pipe.edit(small, {"redder": 1.0})  # would run, but at a size it never saw
 
 
 @pytest.mark.parametrize(
