@@ -29,6 +29,7 @@ from hvae.data.images import to_pil, to_tensor
 from hvae.data.scene_estimate import estimate
 from hvae.data.shapes import FACTOR_RANGES, HUES, ORIENTATIONS, ShapesDataset, render
 from hvae.demo import HELD_OUT_SEED
+from hvae.directions import pipeline_editor
 from hvae.feature_editor import FeatureEditor
 from pipelines import HVAEPipeline
 
@@ -83,14 +84,7 @@ def main() -> None:
 
     pipe = HVAEPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
-    editors = {
-        id(d.field): d.field
-        for d in pipe._directions.values()
-        if isinstance(d.field, FeatureEditor)
-    }
-    if len(editors) != 1:
-        raise SystemExit(f"{args.model}: expected one feature editor, found {len(editors)}")
-    (editor,) = editors.values()
+    editor = pipeline_editor(pipe, "this benchmark measures")
     size = pipe.training_image_size
     training = ShapesDataset(args.training_scenes, seed=args.training_seed, size=size)
     # Strengths are in sds over the fitting scenes, as the fit measured them.

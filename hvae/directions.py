@@ -937,19 +937,22 @@ def fit_pair_editor(
     return _fit_editor(pipe, pair_set, summaries, "pairs", steps, lr, start)
 
 
-def _editor_to_resume(pipe, resume: bool) -> FeatureEditor | None:
-    """The pipeline's own editor when ``resume`` asks for it (checked before any pair is made)."""
-    if not resume:
-        return None
+def pipeline_editor(pipe, purpose: str) -> FeatureEditor:
+    """The pipeline's one feature editor; ``purpose`` starts the error when it has none or several."""
     editors = {
         id(d.field): d.field
         for d in pipe._directions.values()
         if isinstance(d.field, FeatureEditor)
     }
     if len(editors) != 1:
-        raise HVAEError(f"--resume continues the pipeline's feature editor; it has {len(editors)}")
+        raise HVAEError(f"{purpose} the pipeline's feature editor; it has {len(editors)}")
     (editor,) = editors.values()
     return editor
+
+
+def _editor_to_resume(pipe, resume: bool) -> FeatureEditor | None:
+    """The pipeline's own editor when ``resume`` asks for it (checked before any pair is made)."""
+    return pipeline_editor(pipe, "--resume continues") if resume else None
 
 
 def _fit_editor(pipe, pairs, summaries, source, steps, lr, start) -> dict[str, float]:
