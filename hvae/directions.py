@@ -927,8 +927,10 @@ def fit_pair_editor(
     strengths = torch.tensor(np.stack([changes[n] for n in names], 1), dtype=torch.float32)
     # The first-order summary in the global group: the least-squares change of the global
     # latents per unit of each attribute, over the pairs.
-    moved = global_means(pipe, [images[a] for _, a in pairs]) - global_means(
-        pipe, [images[b] for b, _ in pairs]
+    # Each picture is encoded once, however many pairs start from it.
+    moved = (
+        global_means(pipe, [images[a] for _, a in pairs])
+        - global_means(pipe, [images[b] for b in befores])[source_index]
     )
     per_unit = torch.linalg.lstsq(strengths.double(), moved.double()).solution.float()
     summaries = dict(zip(names, per_unit, strict=True))
