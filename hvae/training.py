@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
@@ -81,8 +82,9 @@ class EMA:
     def update(self, model: torch.nn.Module) -> None:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for ema_param, param in zip(self.shadow.parameters(), model.parameters(), strict=True):
-            ema_param.lerp_(param.detach().to(ema_param.dtype), 1.0 - decay)
+        shadow = list(self.shadow.parameters())
+        current = [p.detach().to(s.dtype) for s, p in zip(shadow, model.parameters(), strict=True)]
+        torch._foreach_lerp_(shadow, current, 1.0 - decay)
         for ema_buffer, buffer in zip(self.shadow.buffers(), model.buffers(), strict=True):
             ema_buffer.copy_(buffer)
 
@@ -202,6 +204,11 @@ def train(
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     precision = _resolve_precision(config.mixed_precision)
+    # Accelerate keeps one process-wide state and refuses an Accelerator of another
+    # precision once it exists (a second run in the same Python process, after one
+    # with "auto" on a CPU with AMX-BF16). Each run is its own, so the last run's
+    # state is dropped; the process group, kept in PartialState, stays.
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=precision, cpu=_cpu_only())
     set_seed(config.seed)
     if config.channels_last:
@@ -222,6 +229,10 @@ def train(
     # EMA before prepare(), so its copy has no autocast wrapper patched into forward.
     ema = EMA(model, config.ema_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
+    # prepare() moved the model to the training device; the EMA copy must follow it.
+    ema.shadow.to(accelerator.device)
+    if accelerator.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # batches keep one shape, so tuning pays off
     skipper = GradientSkipper(config.skip_threshold, config.max_consecutive_skips)
     counter = _StepCounter()
     for stateful in (scheduler, ema, skipper, counter):

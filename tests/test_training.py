@@ -119,6 +119,24 @@ def test_training_lowers_the_loss(tmp_path):
     assert sum(r["bpd"] for r in logs[-5:]) < sum(r["bpd"] for r in logs[:5])
 
 
+def test_runs_of_different_precision_follow_each_other_in_one_process(tmp_path):
+    # "auto" means bf16 on a CPU with AMX-BF16, and accelerate refused a second
+    # Accelerator of another precision in the same process.
+    features = torch.randn(4, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    for precision in ("bf16", "no", "bf16"):
+        config = TrainConfig(
+            out_dir=str(tmp_path / precision),
+            steps=2,
+            batch_size=4,
+            checkpoint_every=100,
+            mixed_precision=precision,
+        )
+        loss = make_loss(kl_warmup_steps=1, free_bits=0.0)
+        train(tiny_hvae().train(), loss, batch_sampler(features, 4, 0), config)
+        saved = json.loads((tmp_path / precision / "train_config.json").read_text())
+        assert saved["precision"] == precision
+
+
 def test_kl_weight_scales_only_the_kl_term_after_warm_up():
     features = torch.randn(4, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     model = tiny_hvae()
