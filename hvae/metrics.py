@@ -53,13 +53,16 @@ def ms_ssim(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.float64
             f"MS-SSIM needs images of at least {MS_SSIM_MIN_SIDE}x{MS_SSIM_MIN_SIDE}, "
             f"got {tuple(a.shape[-2:])}"
         )
-    x, y = (a.to(dtype) + 1) / 2, (b.to(dtype) + 1) / 2
-    window = _gaussian_window().to(dtype)
-    factors = []
-    for level, weight in enumerate(MS_SSIM_WEIGHTS):
-        ssim, cs = _ssim_terms(x, y, window)
-        last = level == len(MS_SSIM_WEIGHTS) - 1
-        factors.append((ssim if last else cs).clamp_min(0) ** weight)
-        if not last:
-            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
-    return torch.stack(factors).prod(0).float()
+    # Under bf16 autocast the blurs would run in bf16, and the variance terms
+    # (blur(x * x) - mu ** 2) lose most of their precision; so autocast is off here.
+    with torch.autocast(a.device.type, enabled=False):
+        x, y = (a.to(dtype) + 1) / 2, (b.to(dtype) + 1) / 2
+        window = _gaussian_window().to(device=a.device, dtype=dtype)
+        factors = []
+        for level, weight in enumerate(MS_SSIM_WEIGHTS):
+            ssim, cs = _ssim_terms(x, y, window)
+            last = level == len(MS_SSIM_WEIGHTS) - 1
+            factors.append((ssim if last else cs).clamp_min(0) ** weight)
+            if not last:
+                x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+        return torch.stack(factors).prod(0).float()
