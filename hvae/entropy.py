@@ -133,10 +133,8 @@ def rate_bits(
     latent_bits: list[torch.Tensor] = []
 
     def pick(prior_mean, prior_log_scale, posterior_mean):
-        z = posterior_mean + torch.rand_like(posterior_mean) - 0.5
-        log_p = discretized_gaussian_log_prob(
-            z.float(), prior_mean.float(), prior_log_scale.float(), 1.0
-        )
+        z = posterior_mean.float() + torch.rand_like(posterior_mean, dtype=torch.float32) - 0.5
+        log_p = discretized_gaussian_log_prob(z, prior_mean.float(), prior_log_scale.float(), 1.0)
         latent_bits.append(-log_p.flatten(1).sum(1) / math.log(2))
         return z
 

@@ -73,11 +73,13 @@ def make_loss(latent_noise: float, ms_ssim_weight: float = 0.0, decoder_only: bo
         recon = model.decode(latents).sample.float()
         mse = F.mse_loss(recon, pixels)
         loss = mse + 0.1 * F.l1_loss(recon, pixels)
-        logged = {"psnr": float(psnr(recon.detach(), pixels).mean())}
+        # Tensors, not floats: the loop converts them on log steps only, so a GPU
+        # step is not held up waiting for them before the backward pass.
+        logged = {"psnr": psnr(recon.detach(), pixels).mean()}
         if ms_ssim_weight > 0:
             similarity = ms_ssim(recon, pixels, dtype=torch.float32).mean()
             loss = loss + ms_ssim_weight * (1 - similarity)
-            logged["ms_ssim"] = float(similarity)
+            logged["ms_ssim"] = similarity.detach()
         return loss, logged
 
     return loss_fn

@@ -78,7 +78,7 @@ def feature_pyramid(
         for scale in sorted(set(scales), reverse=True):
             level = downscaled(array, scale)
             pixels = torch.from_numpy(level.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
-            features = stage1.encode(pixels)[0]
+            features = stage1.encode(pixels)[0].cpu()
             if min(features.shape[-2:]) >= crop:
                 maps.append(features.contiguous())
     if not maps:
