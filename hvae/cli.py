@@ -128,6 +128,7 @@ def cmd_train_autoencoder(args) -> int:
         init_from=args.init_from,
         decoder_only=args.train_decoder_only,
         ms_ssim_weight=args.ms_ssim_weight,
+        quantization_steps=tuple(args.quantization_steps),
     )
     if process_state().is_main_process:
         print(f"saved the stage-1 autoencoder to {args.out}")
@@ -537,6 +538,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.05,
         help="noise added to the latents in training, relative to their spread, so the decoder "
         "tolerates stage-2 and quantization errors (default: 0.05)",
+    )
+    p.add_argument(
+        "--quantization-steps",
+        type=float,
+        nargs="+",
+        default=[],
+        metavar="S",
+        help="with --train-decoder-only: add the error of the codec's quantization at one of "
+        "these steps per image (units of the scaled features, as the codec's quality table; "
+        "0 for none), so the decoder learns to decode quantized features",
     )
     _add_training_args(p, steps=2000, batch_size=32, lr=2e-3)
     p.set_defaults(func=cmd_train_autoencoder)

@@ -59,7 +59,17 @@ class CropSampler:
         return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def make_loss(latent_noise: float, ms_ssim_weight: float = 0.0, decoder_only: bool = False):
+def make_loss(
+    latent_noise: float,
+    ms_ssim_weight: float = 0.0,
+    decoder_only: bool = False,
+    quantization_steps: tuple[float, ...] = (),
+    scaling_factor: float = 1.0,
+):
+    """The stage-1 loss. ``quantization_steps`` (in units of the scaled features, like the
+    codec's ``QUALITY_STEPS``) adds a codec's quantization error to the latents: one step per
+    image, drawn from the list."""
+
     def loss_fn(model, pixels: torch.Tensor, step: int):
         with torch.set_grad_enabled(not decoder_only):
             latents = model.encode(pixels).latents
@@ -70,6 +80,13 @@ def make_loss(latent_noise: float, ms_ssim_weight: float = 0.0, decoder_only: bo
             latents = latents + latent_noise * latents.detach().float().std() * torch.randn_like(
                 latents
             )
+        if quantization_steps:
+            # The codec rounds the scaled features to a grid of the quality's step laid
+            # around the entropy model's prediction, so the error is uniform in +-step/2
+            # whatever that prediction is; in latent units the step is step / scaling_factor.
+            steps = torch.tensor(quantization_steps, device=latents.device) / scaling_factor
+            per_image = steps[torch.randint(len(steps), (latents.shape[0],), device=latents.device)]
+            latents = latents + (torch.rand_like(latents) - 0.5) * per_image.view(-1, 1, 1, 1)
         recon = model.decode(latents).sample.float()
         mse = F.mse_loss(recon, pixels)
         loss = mse + 0.1 * F.l1_loss(recon, pixels)
@@ -134,6 +151,7 @@ def train_autoencoder(
     init_from: str | None = None,
     decoder_only: bool = False,
     ms_ssim_weight: float = 0.0,
+    quantization_steps: tuple[float, ...] = (),
 ) -> PatchAutoencoder:
     """Train, fit the latent scaling, save to ``out_dir`` in diffusers format, and return the EMA model.
 
@@ -142,9 +160,18 @@ def train_autoencoder(
     latent scaling stay frozen, so the features it gives do not change and every
     stage-2 model trained on them stays valid with the new decoder.
     ``ms_ssim_weight`` adds ``w * (1 - MS-SSIM)`` to the loss (crops of at least ``MS_SSIM_MIN_SIDE``).
+    ``quantization_steps`` (decoder only) trains the decoder on features quantized as the
+    codec quantizes them, at these steps.
     """
     if decoder_only and init_from is None:
         raise HVAEError("decoder-only training needs --init-from: a trained encoder to keep")
+    if quantization_steps and not decoder_only:
+        raise HVAEError(
+            "quantization steps are in units of the frozen latent scaling: they need "
+            "--train-decoder-only"
+        )
+    if any(s < 0 for s in quantization_steps):
+        raise HVAEError(f"quantization steps must be >= 0, got {list(quantization_steps)}")
     if ms_ssim_weight < 0:
         raise HVAEError(f"the MS-SSIM weight must be >= 0, got {ms_ssim_weight}")
     if ms_ssim_weight > 0 and crop < MS_SSIM_MIN_SIDE:
@@ -169,7 +196,13 @@ def train_autoencoder(
         model.encoder.requires_grad_(False)
     config.out_dir = str(Path(out_dir) / "run")
     config.channels_last = True
-    loss_fn = make_loss(latent_noise, ms_ssim_weight, decoder_only)
+    loss_fn = make_loss(
+        latent_noise,
+        ms_ssim_weight,
+        decoder_only,
+        tuple(quantization_steps),
+        float(model.config.scaling_factor),
+    )
     ema = train(model, loss_fn, sampler, config, resume=resume, description="stage 1")
     if not decoder_only:  # a frozen encoder keeps the scaling stage 2 was trained with
         scale, shift = fit_scaling(ema, torch.cat([sampler(10_000 + i) for i in range(4)]))

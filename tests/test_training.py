@@ -299,3 +299,40 @@ def test_decoder_only_training_keeps_the_features_and_the_checks_are_clear(tmp_p
     fails(["--init-from", str(start), "--latent-channels", "8"], "drop --latent-channels")
     fails(["--init-from", str(tmp_path)], "no config.json")
     fails(["--ms-ssim-weight", "0.5", "--crop", "128"], "at least 176")
+    fails(["--init-from", str(start), "--quantization-steps", "0.5"], "--train-decoder-only")
+    quantized = [*args, "--quantization-steps", "-1"]
+    fails(quantized[len(common) :], "must be >= 0")
+
+
+def test_quantization_steps_add_the_codecs_rounding_error_to_the_latents():
+    from types import SimpleNamespace
+
+    from hvae.train_autoencoder import make_loss
+
+    class Recorder(torch.nn.Module):
+        """Latents of zeros; keeps what the decoder is given."""
+
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(()))
+            self.decoded = None
+
+        def encode(self, pixels):
+            return SimpleNamespace(latents=torch.zeros(pixels.shape[0], 4, 32, 32))
+
+        def decode(self, latents):
+            self.decoded = latents
+            return SimpleNamespace(sample=torch.zeros(latents.shape[0], 3, 8, 8) + self.weight)
+
+    pixels = torch.zeros(64, 3, 8, 8)
+    model = Recorder()
+    torch.manual_seed(0)
+    make_loss(0.0, quantization_steps=(0.0, 1.0, 3.0), scaling_factor=0.5)(model, pixels, 0)
+    # Per image: uniform in +-step/2 in feature units, so +-step in latent units at scale 0.5.
+    reach = model.decoded.abs().flatten(1).amax(1)
+    assert set(reach.gt(0).tolist()) == {False, True}  # step 0 leaves some images exact
+    for step in (1.0, 3.0):
+        drawn = reach[(reach > 0.5 * step) & (reach <= step)]
+        assert len(drawn) > 0 and drawn.max() <= step and drawn.min() > 0.99 * step
+    spread = model.decoded[reach > 2].std()
+    assert abs(float(spread) - 6 / 12**0.5) < 0.05  # a uniform of width 6 (step 3 / 0.5)
