@@ -319,11 +319,21 @@ def cmd_directions_fit(args) -> int:
     if args.resume and args.kind != "feature-editor":
         raise HVAEError("--resume continues a feature editor: use it with --kind feature-editor")
     if args.kind == "feature-editor":
+        editor_options = {"width": args.editor_width, "mixed_precision": args.mixed_precision}
         if args.pairs is not None:
-            fits = directions.fit_pair_editor(pipe, args.pairs, args.steps, args.lr, args.resume)
+            fits = directions.fit_pair_editor(
+                pipe, args.pairs, args.steps, args.lr, args.resume, **editor_options
+            )
         elif args.scenes is not None:
             fits = directions.fit_scene_editor(
-                pipe, args.scenes, args.seed, args.pairs_per_scene, args.steps, args.lr, args.resume
+                pipe,
+                args.scenes,
+                args.seed,
+                args.pairs_per_scene,
+                args.steps,
+                args.lr,
+                args.resume,
+                **editor_options,
             )
         else:
             raise HVAEError(
@@ -858,6 +868,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --kind feature-editor: train the model's own editor further instead of a new "
         "one; give the --pairs CSV, or the --scenes, --seed and --pairs-per-scene, it was fitted "
         "with, so its held-out pairs stay held out",
+    )
+    q.add_argument(
+        "--editor-width",
+        type=_positive_int,
+        default=32,
+        help="with --kind feature-editor: channels of the editor's full-resolution stage; "
+        "its half-resolution stage has twice as many (default: 32)",
+    )
+    q.add_argument(
+        "--mixed-precision",
+        choices=["auto", "no", "bf16"],
+        default="auto",
+        help="with --kind feature-editor: bf16 autocast in training; 'auto' uses it on CPUs "
+        "with AMX-BF16 (default: auto)",
     )
     q.add_argument("--all-groups", action="store_true", help="the same as --kind all-groups-field")
     q.add_argument("-o", "--out", help="write a new pipeline folder instead of updating --model")

@@ -880,6 +880,8 @@ def fit_scene_editor(
     steps: int = 4000,
     lr: float = 1e-3,
     resume: bool = False,
+    width: int = 32,
+    mixed_precision: str = "auto",
 ) -> dict[str, float]:
     """Fit and register a ``FeatureEditor`` on ``n`` rendered scenes and ``per_scene``
     counterfactuals of each (with ``resume``, train the pipeline's own editor further on
@@ -897,11 +899,19 @@ def fit_scene_editor(
     # The first-order summary in the global group, as for the other sets: what ``keep``
     # projects out of vector edits.
     summaries = {name: fit_label_direction(global_latents, labels[name])[0] for name in pairs[4]}
-    return _fit_editor(pipe, pairs, summaries, "scene pairs", steps, lr, start)
+    return _fit_editor(
+        pipe, pairs, summaries, "scene pairs", steps, lr, start, width, mixed_precision
+    )
 
 
 def fit_pair_editor(
-    pipe, table: str | Path, steps: int = 4000, lr: float = 1e-3, resume: bool = False
+    pipe,
+    table: str | Path,
+    steps: int = 4000,
+    lr: float = 1e-3,
+    resume: bool = False,
+    width: int = 32,
+    mixed_precision: str = "auto",
 ) -> dict[str, float]:
     """Fit and register a ``FeatureEditor`` on the user's before/after pairs
     (``read_pair_table``); strengths are the table's changes as given, and images must be
@@ -936,7 +946,7 @@ def fit_pair_editor(
     summaries = dict(zip(names, per_unit, strict=True))
     units = [f"unit of {Path(table).name}"] * len(names)
     pair_set = (sources, targets, source_index, strengths, names, units)
-    return _fit_editor(pipe, pair_set, summaries, "pairs", steps, lr, start)
+    return _fit_editor(pipe, pair_set, summaries, "pairs", steps, lr, start, width, mixed_precision)
 
 
 def pipeline_editor(pipe, purpose: str) -> FeatureEditor:
@@ -957,10 +967,24 @@ def _editor_to_resume(pipe, resume: bool) -> FeatureEditor | None:
     return pipeline_editor(pipe, "--resume continues") if resume else None
 
 
-def _fit_editor(pipe, pairs, summaries, source, steps, lr, start) -> dict[str, float]:
+def _fit_editor(
+    pipe, pairs, summaries, source, steps, lr, start, width=32, mixed_precision="auto"
+) -> dict[str, float]:
     """Train an editor on ``pairs`` (``FeatureEditor.fit``'s first six arguments), or continue
     ``start``, and register one direction per attribute."""
-    editor, fits = FeatureEditor.fit(*pairs, steps=steps, lr=lr, start=start)
+    from hvae.training import cpu_has_amx_bf16
+
+    # The editor trains on the CPU, so "auto" asks the CPU, even on a machine with a GPU.
+    bf16 = mixed_precision == "bf16" or (mixed_precision == "auto" and cpu_has_amx_bf16())
+
+    editor, fits = FeatureEditor.fit(
+        *pairs,
+        steps=steps,
+        lr=lr,
+        start=start,
+        width=width,
+        bf16=bf16,
+    )
     for index, (name, units) in enumerate(zip(editor.names, editor.units, strict=True)):
         pipe.register_direction(name, summaries[name], 0, source, units, editor, index)
     return fits

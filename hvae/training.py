@@ -160,10 +160,10 @@ def _resolve_precision(choice: str) -> str:
         return choice
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    return "bf16" if _cpu_has_amx_bf16() else "no"
+    return "bf16" if cpu_has_amx_bf16() else "no"
 
 
-def _cpu_has_amx_bf16() -> bool:
+def cpu_has_amx_bf16() -> bool:
     try:
         return "amx_bf16" in Path("/proc/cpuinfo").read_text()
     except OSError:

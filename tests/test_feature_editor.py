@@ -48,6 +48,19 @@ def test_a_new_editor_is_the_identity_and_fitting_learns_each_edit():
     assert lifted[:, 1:].abs().mean() < 0.15
 
 
+def test_bf16_training_learns_each_edit_too():
+    sources, targets, index, strengths = synthetic_pairs()
+    names, units = ["lift", "swap"], ["sd", "sd"]
+    common = dict(steps=300, lr=3e-3, width=16)
+    editor, explained = FeatureEditor.fit(
+        sources, targets, index, strengths, names, units, bf16=True, **common
+    )
+    assert explained["lift"] > 0.8 and explained["swap"] > 0.6, explained
+    assert all(p.dtype == torch.float32 for p in editor.parameters())  # weights stay fp32
+    plain, _ = FeatureEditor.fit(sources, targets, index, strengths, names, units, **common)
+    assert not torch.equal(editor.out.weight, plain.out.weight)  # bf16 did run
+
+
 def test_the_same_pairs_and_seed_fit_the_same_editor_whatever_ran_before():
     pairs = (*synthetic_pairs(64), ["lift", "swap"], ["sd", "sd"])
     first, _ = FeatureEditor.fit(*pairs, steps=3, width=16)
@@ -143,6 +156,8 @@ def test_user_pairs_from_a_csv_fit_an_editor(tiny_pipeline, tmp_path, capsys):
     assert main(base) == 2  # the default kind is a field, which pairs cannot train
     assert "--kind feature-editor" in capsys.readouterr().err
     fit = [*base, "--kind", "feature-editor", "--steps", "5"]
+    assert main([*fit, "--editor-width", "8", "-o", str(tmp_path / "narrow")]) == 0
+    assert HVAEPipeline.from_pretrained(tmp_path / "narrow")._directions["redder"].field.width == 8
     assert main(fit) == 0
     out = capsys.readouterr().out
     assert "brighter:" in out and "redder:" in out
