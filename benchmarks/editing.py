@@ -236,15 +236,22 @@ def main() -> None:
             print(f"| {row['direction']} | – | not measured (no pixel reading) | – | – | – | – |")
     measured = [r for r in rows if r["measured"]]
     if measured:
-        means = {
-            key: np.mean([r[key] for r in measured])
-            for key in ("success", "preservation", "reference_success", "reference_preservation")
+        keys = ("success", "preservation", "reference_success", "reference_preservation")
+        cases = np.array([r["cases"] for r in measured])
+        # Two summaries, since directions have different numbers of cases: the mean of
+        # the directions' rates, and the rate over all cases pooled.
+        summaries = {
+            "mean of the directions": {k: np.mean([r[k] for r in measured]) for k in keys},
+            "all cases pooled": {
+                k: float(np.dot(cases, [r[k] for r in measured]) / cases.sum()) for k in keys
+            },
         }
-        print(
-            f"| all directions | {sum(r['cases'] for r in measured)} "
-            f"| {means['success']:.1%} | {means['preservation']:.1%} | "
-            f"| {means['reference_success']:.1%} | {means['reference_preservation']:.1%} |"
-        )
+        for label, means in summaries.items():
+            print(
+                f"| {label} | {cases.sum()} "
+                f"| {means['success']:.1%} | {means['preservation']:.1%} | "
+                f"| {means['reference_success']:.1%} | {means['reference_preservation']:.1%} |"
+            )
     print(
         "reader on the inputs: median |error| "
         + ", ".join(f"{k} {v:.3f} (half step {HALF_STEP[k]:.3f})" for k, v in reader_error.items())
@@ -259,6 +266,7 @@ def main() -> None:
                     "strength": args.strength,
                     "scenes": len(scenes),
                     "rows": rows,
+                    "summaries": summaries if measured else {},
                     "zero_edit_psnr": zero_psnr,
                     "stage1_psnr": stage1_psnr,
                     "reader_error": reader_error,
