@@ -972,18 +972,12 @@ def _fit_editor(
 ) -> dict[str, float]:
     """Train an editor on ``pairs`` (``FeatureEditor.fit``'s first six arguments), or continue
     ``start``, and register one direction per attribute."""
-    from hvae.training import cpu_has_amx_bf16
+    from hvae.training import resolve_precision
 
-    # The editor trains on the CPU, so "auto" asks the CPU, even on a machine with a GPU.
-    bf16 = mixed_precision == "bf16" or (mixed_precision == "auto" and cpu_has_amx_bf16())
-
+    # The editor trains on the CPU even on a machine with a GPU, so "auto" asks the CPU.
+    bf16 = resolve_precision(mixed_precision, on_gpu=False) == "bf16"
     editor, fits = FeatureEditor.fit(
-        *pairs,
-        steps=steps,
-        lr=lr,
-        start=start,
-        width=width,
-        bf16=bf16,
+        *pairs, steps=steps, lr=lr, start=start, width=width, bf16=bf16
     )
     for index, (name, units) in enumerate(zip(editor.names, editor.units, strict=True)):
         pipe.register_direction(name, summaries[name], 0, source, units, editor, index)

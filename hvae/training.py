@@ -155,15 +155,18 @@ class _StepCounter:
         self.step = int(state["step"])
 
 
-def _resolve_precision(choice: str) -> str:
+def resolve_precision(choice: str, on_gpu: bool | None = None) -> str:
+    """What "auto" means: bf16 where it is fast (GPUs with bf16, CPUs with AMX-BF16), else
+    "no". ``on_gpu`` defaults to whether a GPU is present; training that runs on the CPU
+    whatever the machine has passes False."""
     if choice != "auto":
         return choice
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() if on_gpu is None else on_gpu:
         return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    return "bf16" if cpu_has_amx_bf16() else "no"
+    return "bf16" if _cpu_has_amx_bf16() else "no"
 
 
-def cpu_has_amx_bf16() -> bool:
+def _cpu_has_amx_bf16() -> bool:
     try:
         return "amx_bf16" in Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -203,7 +206,7 @@ def train(
     """
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    precision = _resolve_precision(config.mixed_precision)
+    precision = resolve_precision(config.mixed_precision)
     # Accelerate keeps one process-wide state and refuses an Accelerator of another
     # precision once it exists (a second run in the same Python process, after one
     # with "auto" on a CPU with AMX-BF16). Each run is its own, so the last run's
