@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from hvae.data.images import to_pil, to_tensor
-from hvae.data.scene_estimate import estimate
+from hvae.data.scene_estimate import estimate, hue_shift
 from hvae.data.shapes import (
     HUES,
     ORIENTATIONS,
@@ -61,6 +61,12 @@ CANONICAL = {
     "orientation": ORIENTATIONS,
 }
 HALF_STEP = {name: (values[1] - values[0]) / 2 for name, values in CANONICAL.items()}
+HUES_READ = ("floor_hue", "wall_hue", "object_hue")
+
+
+def reading_change(name: str, before: float, after: float) -> float:
+    """How far a reading moved; a hue the short way round the colour circle (``hue_shift``)."""
+    return float(hue_shift(before, after)) if name in HUES_READ else after - before
 
 
 def held_out(n: int, size: int):
@@ -91,7 +97,7 @@ def broken(before: dict, after: dict, target: str) -> list[str]:
         if name != target
         and not np.isnan(before[name])
         and not np.isnan(after[name])
-        and abs(after[name] - before[name]) >= half
+        and abs(reading_change(name, before[name], after[name])) >= half
     ]
     if target not in SHAPES and before["shape"] and after["shape"]:
         if before["shape"] != after["shape"]:
@@ -118,7 +124,10 @@ def score(name: str, sign: float, truths, before, after, moved: Counter) -> tupl
         else:
             if np.isnan(b[name]) or not can_move(truth, name, sign):
                 continue
-            success = not np.isnan(a[name]) and (a[name] - b[name]) * sign >= HALF_STEP[name]
+            success = (
+                not np.isnan(a[name])
+                and reading_change(name, b[name], a[name]) * sign >= HALF_STEP[name]
+            )
         cases += 1
         successes += bool(success)
         others = broken(b, a, name)
@@ -199,7 +208,12 @@ def main() -> None:
     on_inputs = [estimate(image) for image in scenes]
     reader_error = {
         name: float(
-            np.nanmedian([abs(t[name] - e[name]) for t, e in zip(truths, on_inputs, strict=True)])
+            np.nanmedian(
+                [
+                    abs(reading_change(name, t[name], e[name]))
+                    for t, e in zip(truths, on_inputs, strict=True)
+                ]
+            )
         )
         for name in CANONICAL
     }

@@ -83,7 +83,7 @@ def test_bundled_scene_sliders_move_their_factor_and_make_shapes(pipe):
     hue by at least half a canonical step the way asked and leaves the wall's, and the
     sphere slider at +1 turns other objects into spheres. Benchmarked on 128 scenes in
     benchmarks/editing.py; this is a floor for 16."""
-    from hvae.data.scene_estimate import estimate
+    from hvae.data.scene_estimate import estimate, hue_gap, hue_shift
     from hvae.data.shapes import HUES, ShapesDataset
     from hvae.demo import HELD_OUT_SEED
 
@@ -98,11 +98,12 @@ def test_bundled_scene_sliders_move_their_factor_and_make_shapes(pipe):
         for c, s in zip(codes, signs, strict=True)
     ]
     success = sum(
-        (a["floor_hue"] - b["floor_hue"]) * s >= half_step
+        hue_shift(b["floor_hue"], a["floor_hue"]) * s >= half_step
         for a, b, s in zip(moved, before, signs, strict=True)
     )
     wall_kept = sum(
-        abs(a["wall_hue"] - b["wall_hue"]) < half_step for a, b in zip(moved, before, strict=True)
+        hue_gap(a["wall_hue"], b["wall_hue"]) < half_step
+        for a, b in zip(moved, before, strict=True)
     )
     assert success >= 15 and wall_kept >= 15, (success, wall_kept)
     # Only where the reader sees the object's shape (not when its hue matches the background).

@@ -1,6 +1,7 @@
 """The editing benchmark's pixel-only factor reader, checked against true factors."""
 
 import numpy as np
+import pytest
 
 from hvae.data.scene_estimate import estimate
 from hvae.data.shapes import HUES, ORIENTATIONS, SCALES, ShapesDataset
@@ -37,3 +38,13 @@ def test_unseen_factors_are_reported_as_such():
     same_hues = render(0.3, 0.3, 0.3, 1.0, "cube", 10.0, size=64)
     read = estimate(same_hues, references=200)
     assert np.isnan(read["orientation"]) and np.isnan(read["scale"]) and read["shape"] is None
+
+
+def test_hue_changes_go_the_short_way_round_the_colour_circle():
+    from hvae.data.scene_estimate import hue_gap, hue_shift
+
+    assert hue_shift(0.0, 0.999) == pytest.approx(-0.001)  # a red read just below 1
+    assert hue_shift(0.9, 0.1) == pytest.approx(0.2)
+    assert hue_shift(0.1, 0.3) == pytest.approx(0.2)
+    assert hue_gap(0.95, 0.05) == pytest.approx(0.1) == hue_gap(0.05, 0.95)
+    assert hue_gap(0.0, 0.5) == pytest.approx(0.5)

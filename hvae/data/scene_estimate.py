@@ -37,10 +37,15 @@ def hue_of(rgb: np.ndarray) -> float:
     return colorsys.rgb_to_hsv(*(np.asarray(rgb, dtype=np.float64) / 255.0))[0]
 
 
+def hue_shift(before, after):
+    """Signed change of hue the short way round the colour circle, in [-0.5, 0.5): hue 0 and 1
+    are the same colour, so a red read as 0.999 where it was 0.0 has barely moved."""
+    return (np.asarray(after) - np.asarray(before) + 0.5) % 1.0 - 0.5
+
+
 def hue_gap(a, b):
     """Distance between hues on the colour circle (hue 0 and 1 are the same)."""
-    d = np.abs(np.asarray(a) - np.asarray(b)) % 1.0
-    return np.minimum(d, 1.0 - d)
+    return np.abs(hue_shift(a, b))
 
 
 def _corner_colours(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
