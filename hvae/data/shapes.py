@@ -232,6 +232,11 @@ class ShapesDataset:
 # How many factors one training pair changes at once, and how often: most pairs teach one
 # slider, the rest teach sliders moved together.
 CHANGED_FACTORS = {1: 0.5, 2: 0.3, 3: 0.2}
+# How often a continuous change asks for more than the range has left. Such a request stops
+# at the range's end, as a slider does; an editor never shown one extrapolates into scenes
+# no renderer made (a hue past the palette's end), and it dragged the wall/floor boundary
+# with it in most of the scene editor's failed held-out edits.
+OVERSHOOT_RATE = 0.25
 
 
 def next_shape(shape: str) -> str:
@@ -247,7 +252,9 @@ def edit_pair(
     a shape, as a one-hot indicator).
 
     Continuous targets are uniform over the factor's range (so they are not canonical
-    values, and no target is a canonical scene unless only the shape changed). The shape
+    values, and no target is a canonical scene unless only the shape changed), except that
+    ``OVERSHOOT_RATE`` of the changes ask for up to one range's width past one end: their
+    target is that end, and the change is the request. The shape
     change is one of: a swap (+1 new, -1 old), an addition alone (+1 new), a removal
     alone (-1 old: the scene becomes ``next_shape``), or a request that cannot apply
     (removing an absent shape, adding the present one), which leaves the shape as it is.
@@ -278,6 +285,11 @@ def edit_pair(
                 change[old] = 1.0
         else:
             low, high = FACTOR_RANGES[name]
-            target[name] = float(rng.uniform(low, high))
-            change[name] = target[name] - getattr(source, name)
+            if rng.random() < OVERSHOOT_RATE:
+                target[name] = end = float(high if rng.random() < 0.5 else low)
+                past = rng.uniform(0.0, high - low)
+                requested = end + past if end == high else end - past
+            else:
+                target[name] = requested = float(rng.uniform(low, high))
+            change[name] = requested - getattr(source, name)
     return SceneFactors(**target), change
