@@ -65,6 +65,8 @@ def summarise(stats, name: str, spread: dict[str, float]) -> dict[str, float]:
         "change_per_unit": float(per_unit.mean()),
         "change_per_unit_sd": float(per_unit.mean() / max(spread[name], 1e-9)),
         "others_per_unit_sd": float(np.mean(side_effects)),
+        # Which pictures it fails on, and how: a curve that dips, or one that barely moves.
+        "not_rising": {int(i): curves[i].round(4).tolist() for i in np.flatnonzero(~monotone)},
     }
 
 
@@ -130,6 +132,16 @@ def main() -> None:
             f"| {r['direction']} | {r['monotone']:.0%} | {r['change_per_unit']:+.4f} "
             f"| {r['change_per_unit_sd']:+.2f} | {r['others_per_unit_sd']:.2f} | {ref} |"
         )
+    for r in rows:
+        for label, failed in (
+            ("slider", r["not_rising"]),
+            ("reference", r["reference_not_rising"]),
+        ):
+            for i, curve in failed.items():
+                print(
+                    f"{r['direction']} ({label}) does not rise strictly on {paths[i].name}: "
+                    + " ".join(f"{v:.4f}" for v in curve)
+                )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
