@@ -642,10 +642,13 @@ class FeatureFlows(nn.Module):
 
     @classmethod
     @torch.no_grad()
-    def fit(cls, stage1, images: Sequence[Image.Image]) -> tuple[FeatureFlows, dict[str, float]]:
-        """Fit on ``images`` (any sizes) through ``stage1`` (a ``FeatureAutoencoder``); returns
-        the flows and, per attribute, the (centred) R^2 with which its flow predicts the band
-        changes of its own pairs."""
+    def fit(
+        cls, stage1, images: Sequence[Image.Image], grey_copies: bool = True
+    ) -> tuple[FeatureFlows, dict[str, float]]:
+        """Fit on ``images`` (any sizes) through ``stage1`` (a ``FeatureAutoencoder``), and on a
+        grey copy of each unless ``grey_copies`` is off (half the time); returns the flows
+        and, per attribute, the (centred) R^2 with which its flow predicts the band changes
+        of its own pairs."""
         from tqdm.auto import tqdm
 
         if len(images) < 2:
@@ -658,22 +661,39 @@ class FeatureFlows(nn.Module):
             bands = feature_bands(features)[0].flatten(1).double().cpu()
             return torch.cat([bands, torch.ones_like(bands[:1])]), image_statistics(decoded)
 
-        originals = [through_stage1(i) for i in tqdm(images, desc="encoding", dynamic_ncols=True)]
-        spread = {n: max(float(np.std([stats[n] for _, stats in originals])), 1e-12) for n in names}
+        # Grey copies of the pictures teach what an adjustment cannot do: saturating a grey
+        # picture changes nothing. Such a pair is entered as a request of the usual size
+        # (the step's mean change over the pictures) that changed nothing; with its own
+        # change of the statistic (none) it would constrain nothing, and the saturation
+        # flow tinted grey photos both ways.
+        greys = [image.convert("L").convert("RGB") for image in images] if grey_copies else []
+        pictures = [*images, *greys]
+        originals = [through_stage1(i) for i in tqdm(pictures, desc="encoding", dynamic_ncols=True)]
+        spread = {
+            n: max(float(np.std([stats[n] for _, stats in originals[: len(images)]])), 1e-12)
+            for n in names
+        }
         flows = cls(names, (originals[0][0].shape[0] - 1) // FLOW_BANDS)
         totals = []  # per adjustment: (count, sum, sum of squares) of the band changes
         progress = tqdm(
-            total=len(names) * 2 * len(images), desc="fitting flows", dynamic_ncols=True
+            total=len(names) * 2 * len(pictures), desc="fitting flows", dynamic_ncols=True
         )
         for k, name in enumerate(names):
             count, total, squares = 0, 0.0, 0.0
             for step in (-1, 1):
-                for image, (state, stats) in zip(images, originals, strict=True):
+                usual = 0.0  # the step's mean change of the statistic over the pictures
+                for index, (image, (state, stats)) in enumerate(
+                    zip(pictures, originals, strict=True)
+                ):
                     moved, moved_stats = through_stage1(AUTO_ADJUSTMENTS[name](image, step))
                     change = (moved - state)[:-1]
                     stat_changes = torch.tensor(
                         [(moved_stats[n] - stats[n]) / spread[n] for n in names]
                     )
+                    if index < len(images):
+                        usual += float(stat_changes[k]) / len(images)
+                    elif abs(float(stat_changes[k])) < 0.01 * abs(usual):
+                        stat_changes[k] = usual
                     flows.add_pair(k, state, change, stat_changes)
                     count += change.shape[1]
                     total = total + change.sum(1)

@@ -338,6 +338,36 @@ def test_feature_flows_fitted_on_pairs_explain_linear_adjustments_and_move_one_s
             assert 0.5 < (values[2] - values[0]) / 2 / spread < 1.5, (name, values, spread)
 
 
+class CubedColours(PooledColours):
+    """Pooled colours cubed: a stage 1 whose features are not linear in colour, as a real
+    one's are not, so that no flow fits every picture's adjustment exactly."""
+
+    def encode(self, images):
+        return super().encode(images) ** 3
+
+    def decode(self, features, image_size):
+        return super().decode(features.sign() * features.abs() ** (1 / 3), image_size)
+
+
+def test_grey_copies_in_the_fit_keep_the_saturation_flow_from_tinting_grey_pictures():
+    """Saturating or desaturating a grey picture in pixels changes nothing. Fitted on
+    colourful pictures alone, the flow still tints a grey one; the grey copies' pairs
+    (a request that changed nothing) make it tint less, either way."""
+    stage1, grey = CubedColours(), colour_blocks(1, seed=9)[0].convert("L").convert("RGB")
+    features = stage1.encode([grey])
+
+    def tint(flows, strength):
+        generator = strength * flows.generators[flows.names.index("saturation")]
+        decoded = to_pil(stage1.decode(directions.flow_features(features, generator), (32, 32)))
+        return directions.image_statistics(decoded[0])["saturation"]
+
+    with_greys, _ = directions.FeatureFlows.fit(stage1, colour_blocks(16))
+    without, _ = directions.FeatureFlows.fit(stage1, colour_blocks(16), grey_copies=False)
+    assert tint(without, 0.0) == tint(with_greys, 0.0) == 0.0
+    for strength in (-2.0, -1.0, 1.0, 2.0):
+        assert tint(with_greys, strength) < 0.8 * tint(without, strength), strength
+
+
 def test_feature_flow_solves_are_least_squares_over_the_right_pairs():
     """``solve(k, held)`` equals an explicit least-squares fit on the pairs of adjustments k
     and ``held`` only, and ``r_squared`` an explicit centred R^2."""
