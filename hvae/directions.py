@@ -646,7 +646,7 @@ class FeatureFlows(nn.Module):
         cls, stage1, images: Sequence[Image.Image], grey_copies: bool = True
     ) -> tuple[FeatureFlows, dict[str, float]]:
         """Fit on ``images`` (any sizes) through ``stage1`` (a ``FeatureAutoencoder``), and on a
-        grey copy of each unless ``grey_copies`` is off (half the time); returns the flows
+        grey copy of each unless ``grey_copies`` is off (which halves the time); returns the flows
         and, per attribute, the (centred) R^2 with which its flow predicts the band changes
         of its own pairs."""
         from tqdm.auto import tqdm
