@@ -988,7 +988,7 @@ def _editor_to_resume(pipe, resume: bool) -> FeatureEditor | None:
 
 
 def _fit_editor(
-    pipe, pairs, summaries, source, steps, lr, start, width=32, mixed_precision="auto"
+    pipe, pairs, summaries, source, steps, lr, start, width, mixed_precision
 ) -> dict[str, float]:
     """Train an editor on ``pairs`` (``FeatureEditor.fit``'s first six arguments), or continue
     ``start``, and register one direction per attribute."""

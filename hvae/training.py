@@ -161,7 +161,9 @@ def resolve_precision(choice: str, on_gpu: bool | None = None) -> str:
     whatever the machine has passes False."""
     if choice != "auto":
         return choice
-    if torch.cuda.is_available() if on_gpu is None else on_gpu:
+    if on_gpu is None:
+        on_gpu = torch.cuda.is_available()
+    if on_gpu:
         return "bf16" if torch.cuda.is_bf16_supported() else "no"
     return "bf16" if _cpu_has_amx_bf16() else "no"
 
