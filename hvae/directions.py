@@ -665,7 +665,8 @@ class FeatureFlows(nn.Module):
         # picture changes nothing. Such a pair is entered as a request of the usual size
         # (the step's mean change over the pictures) that changed nothing; with its own
         # change of the statistic (none) it would constrain nothing, and the saturation
-        # flow tinted grey photos both ways.
+        # flow tinted grey photos both ways. The rule needs the step's mean, so it applies
+        # to the copies, which come last; a picture already grey is covered by its copy.
         greys = [image.convert("L").convert("RGB") for image in images] if grey_copies else []
         pictures = [*images, *greys]
         originals = [through_stage1(i) for i in tqdm(pictures, desc="encoding", dynamic_ncols=True)]
