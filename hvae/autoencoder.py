@@ -117,8 +117,8 @@ class FeatureAutoencoder:
     def latent_channels(self) -> int:
         return int(_config_value(self.model, "latent_channels", 4))
 
-    def _autocast(self):
-        if self.bf16:
+    def _autocast(self, bf16: bool | None = None):
+        if self.bf16 if bf16 is None else bf16:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -164,17 +164,19 @@ class FeatureAutoencoder:
         self, features: torch.Tensor, image_size: tuple[int, int] | None = None
     ) -> torch.Tensor:
         """Features -> images in [-1, 1], cropped to ``image_size`` (H, W) when given."""
-        chunks = []
-        for batch in features.split(self.batch_size):
-            latents = batch.to(self.device, torch.float32) / self.scaling_factor + self.shift_factor
-            with self._autocast():
-                output = self.model.decode(latents.to(self.dtype))
-            sample = output.sample if hasattr(output, "sample") else output[0]
-            chunks.append(sample.float().clamp(-1.0, 1.0))
-        images = torch.cat(chunks)
+        images = torch.cat([self.decode_with_grad(b) for b in features.split(self.batch_size)])
         if image_size is not None:
             images = images[..., : image_size[0], : image_size[1]]
         return images
+
+    def decode_with_grad(self, features: torch.Tensor, bf16: bool | None = None) -> torch.Tensor:
+        """``decode`` of one batch, differentiable in the features (for encoder-side search);
+        ``bf16`` overrides the wrapper's precision."""
+        latents = features.to(self.device, torch.float32) / self.scaling_factor + self.shift_factor
+        with self._autocast(bf16):
+            output = self.model.decode(latents.to(self.dtype))
+        sample = output.sample if hasattr(output, "sample") else output[0]
+        return sample.float().clamp(-1.0, 1.0)
 
     def reconstruct(self, images: Sequence[Image.Image]) -> list[Image.Image]:
         pixels = self._as_tensor(images)

@@ -18,6 +18,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text}")
+    return value
+
+
 def _add_training_args(
     parser: argparse.ArgumentParser, steps: int, batch_size: int, lr: float
 ) -> None:

@@ -125,6 +125,34 @@ def decode_symbols(
     return mean + step * read(_relative_log_scale(log_scale, steps))
 
 
+def rounded_rate_bits(
+    model: HierarchicalVAE, features: torch.Tensor, steps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What ``encode_symbols`` would spend and rebuild, as differentiable functions of the
+    features: per-image bits (under the continuous stds, not the table's) and the
+    reconstructed features. Rounding passes gradients straight through."""
+    bits: list[torch.Tensor] = []
+
+    def round_straight_through(values: torch.Tensor) -> torch.Tensor:
+        return values + (torch.round(values) - values).detach()
+
+    def neg_log2_p(symbols: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+        zero = torch.zeros_like(symbols)
+        log_p = discretized_gaussian_log_prob(symbols, zero, log_scale.float(), 1.0)
+        return -log_p.flatten(1).sum(1) / math.log(2)
+
+    def pick(prior_mean, prior_log_scale, posterior_mean):
+        symbols = round_straight_through(posterior_mean.float() - prior_mean.float())
+        bits.append(neg_log2_p(symbols, prior_log_scale))
+        return prior_mean + symbols
+
+    mean, log_scale, _ = model.coding_pass(features, steps, pick)
+    view = steps.float().view(-1, 1, 1, 1)
+    symbols = round_straight_through((features.float() - mean.float()) / view)
+    bits.append(neg_log2_p(symbols, _relative_log_scale(log_scale, steps)))
+    return torch.stack(bits).sum(0), mean.float() + view * symbols
+
+
 def rate_bits(
     model: HierarchicalVAE, features: torch.Tensor, steps: torch.Tensor
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:

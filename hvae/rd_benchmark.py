@@ -123,35 +123,51 @@ def _mean_curve(rows: list[dict]) -> list[dict]:
     return sorted(curve, key=lambda p: p["bpp"])
 
 
+def ours(refine_steps: int) -> str:
+    """Our curve's name for a ``--refine-steps`` setting."""
+    return "ours" if refine_steps == 0 else f"ours, refine {refine_steps}"
+
+
 def run_rd_benchmark(
-    data: str, out: str, model: str, qualities: list[int], limit: int | None = None
+    data: str,
+    out: str,
+    model: str,
+    qualities: list[int],
+    limit: int | None = None,
+    refine_steps: list[int] | None = None,
 ) -> dict:
     from hvae.cli_codec import load_codec
+    from hvae.codec_settings import DEFAULT_REFINE_STEPS
+
+    refine_steps = sorted(set(refine_steps if refine_steps else [0, DEFAULT_REFINE_STEPS]))
 
     pipe = load_codec(model)
     paths = find_images([data])[:limit] if limit else find_images([data])
     if not paths:
         raise HVAEError(f"{data}: no images")
     images = [load_image(p) for p in paths]
-    rows: dict[str, list[dict]] = {"ours": [], "JPEG": [], "WebP": [], "AVIF": []}
+    ours_names = [ours(r) for r in refine_steps]
+    rows: dict[str, list[dict]] = {name: [] for name in [*ours_names, "JPEG", "WebP", "AVIF"]}
     overhead = []
     bar = tqdm(
-        total=len(images) * (len(qualities) + sum(map(len, SETTINGS.values()))),
+        total=len(images) * (len(qualities) * len(refine_steps) + sum(map(len, SETTINGS.values()))),
         desc="rd",
         dynamic_ncols=True,
     )
     for path, image in zip(paths, images, strict=True):
         original = to_tensor([image])
         pixels = image.width * image.height
-        for quality in qualities:
+        for refine, quality in ((r, q) for r in refine_steps for q in qualities):
             start = time.perf_counter()
-            payload, ideal_bits = pipe.encode_image(image, quality, return_bits=True)
+            payload, ideal_bits = pipe.encode_image(
+                image, quality, return_bits=True, refine_steps=refine
+            )
             encode_s = time.perf_counter() - start
             start = time.perf_counter()
             decoded = pipe.decode_image(payload, (image.height, image.width))
             decode_s = time.perf_counter() - start
             p, m = image_scores(original, decoded)
-            rows["ours"].append(
+            rows[ours(refine)].append(
                 {
                     "image": path.name,
                     "setting": quality,
@@ -192,19 +208,20 @@ def run_rd_benchmark(
         "coded_over_ideal": {"mean": float(np.mean(overhead)), "max": float(np.max(overhead))},
         "bd_rate": {},
         "matched": {},
-        "speed_384": speed_at(pipe, images),
+        "speed_384": speed_at(pipe, images, refine_steps=refine_steps),
     }
-    for anchor in ("JPEG", "WebP", "AVIF"):
-        result["bd_rate"][anchor] = {
-            "psnr": bd_rate(
-                [(p["bpp"], p["psnr"]) for p in curves[anchor]],
-                [(p["bpp"], p["psnr"]) for p in curves["ours"]],
-            ),
-            "ms_ssim_db": bd_rate(
-                [(p["bpp"], ms_ssim_db(p["ms_ssim"])) for p in curves[anchor]],
-                [(p["bpp"], ms_ssim_db(p["ms_ssim"])) for p in curves["ours"]],
-            ),
-        }
+    for name in ours_names:
+        for anchor in ("JPEG", "WebP", "AVIF"):
+            result["bd_rate"][f"{name} vs {anchor}"] = {
+                "psnr": bd_rate(
+                    [(p["bpp"], p["psnr"]) for p in curves[anchor]],
+                    [(p["bpp"], p["psnr"]) for p in curves[name]],
+                ),
+                "ms_ssim_db": bd_rate(
+                    [(p["bpp"], ms_ssim_db(p["ms_ssim"])) for p in curves[anchor]],
+                    [(p["bpp"], ms_ssim_db(p["ms_ssim"])) for p in curves[name]],
+                ),
+            }
     for bpp in (0.25, 0.375, 0.5):
         result["matched"][str(bpp)] = {
             codec: {m: value_at_bpp(curves[codec], bpp, m) for m in ("psnr", "ms_ssim")}
@@ -228,23 +245,26 @@ def _center_crop(image: Image.Image, side: int) -> Image.Image:
     return image.crop((left, top, left + side, top + side))
 
 
-def speed_at(pipe, images: list[Image.Image], side: int = SPEED_SIDE) -> dict:
+def speed_at(
+    pipe, images: list[Image.Image], side: int = SPEED_SIDE, refine_steps: list[int] = (0,)
+) -> dict:
     """Images per second at side x side (centre crops), ours at quality 4 beside the others at
     settings of similar bpp, measured in the same run on the same crops."""
     crops = [_center_crop(image, side) for image in images]
-    pipe.encode_image(crops[0], 4)  # warm-up: first calls pay for allocations
+    pipe.encode_image(crops[0], 4, refine_steps=1)  # warm-up: first calls pay for allocations
     results = {}
-    start = time.perf_counter()
-    payloads = [pipe.encode_image(c, 4) for c in crops]
-    encode_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for payload in payloads:
-        pipe.decode_image(payload, (side, side))
-    decode_s = time.perf_counter() - start
-    results["ours q4"] = {
-        "encode_img_s": len(crops) / encode_s,
-        "decode_img_s": len(crops) / decode_s,
-    }
+    for refine in refine_steps:
+        start = time.perf_counter()
+        payloads = [pipe.encode_image(c, 4, refine_steps=refine) for c in crops]
+        encode_s = time.perf_counter() - start
+        start = time.perf_counter()
+        for payload in payloads:
+            pipe.decode_image(payload, (side, side))
+        decode_s = time.perf_counter() - start
+        results[f"{ours(refine)} q4"] = {
+            "encode_img_s": len(crops) / encode_s,
+            "decode_img_s": len(crops) / decode_s,
+        }
     for codec, setting in (("JPEG", 75), ("WebP", 75), ("AVIF", 50)):
         encoded, encode_total, decode_total = [], 0.0, 0.0
         for crop in crops:
@@ -276,22 +296,25 @@ def format_table(result: dict) -> str:
                 f"| {codec} | {p['setting']} | {p['bpp']:.3f} | {p['psnr']:.2f} | {p['ms_ssim']:.4f} | "
                 f"{p['encode_ms']:.1f} | {p['decode_ms']:.1f} |"
             )
-    lines += ["", "| anchor | BD-rate on PSNR | BD-rate on MS-SSIM (dB) |", "|---|---|---|"]
-    for anchor, bd in result["bd_rate"].items():
+    lines += ["", "| ours vs anchor | BD-rate on PSNR | BD-rate on MS-SSIM (dB) |", "|---|---|---|"]
+    for pair, bd in result["bd_rate"].items():
         lines.append(
-            f"| {anchor} | {_fmt(bd['psnr'], '+.1f')} % | {_fmt(bd['ms_ssim_db'], '+.1f')} % |"
+            f"| {pair} | {_fmt(bd['psnr'], '+.1f')} % | {_fmt(bd['ms_ssim_db'], '+.1f')} % |"
         )
+    names = [name for name in result["curves"] if name.startswith("ours")]
     lines += [
         "",
-        "| bpp | ours PSNR | JPEG PSNR | ours MS-SSIM | WebP MS-SSIM | AVIF MS-SSIM |",
-        "|---|---|---|---|---|---|",
+        "| bpp | "
+        + " | ".join(f"{name} PSNR" for name in names)
+        + " | JPEG PSNR | "
+        + " | ".join(f"{name} MS-SSIM" for name in names)
+        + " | WebP MS-SSIM | AVIF MS-SSIM |",
+        "|---" * (2 * len(names) + 4) + "|",
     ]
     for bpp, row in result["matched"].items():
-        lines.append(
-            f"| {bpp} | {_fmt(row['ours']['psnr'], '.2f')} | {_fmt(row['JPEG']['psnr'], '.2f')} | "
-            f"{_fmt(row['ours']['ms_ssim'], '.4f')} | {_fmt(row['WebP']['ms_ssim'], '.4f')} | "
-            f"{_fmt(row['AVIF']['ms_ssim'], '.4f')} |"
-        )
+        cells = [_fmt(row[n]["psnr"], ".2f") for n in [*names, "JPEG"]]
+        cells += [_fmt(row[n]["ms_ssim"], ".4f") for n in [*names, "WebP", "AVIF"]]
+        lines.append(f"| {bpp} | " + " | ".join(cells) + " |")
     overhead = result["coded_over_ideal"]
     lines += [
         "",

@@ -28,11 +28,14 @@ from tqdm.auto import tqdm
 from hvae.autoencoder import FeatureAutoencoder
 from hvae.batch import list_inputs, load_all, png_bytes, write_atomically
 from hvae.codec import ArchiveError, ArchiveReader, ArchiveWriter, DamagedRecord, Record
+from hvae.codec_settings import DEFAULT_QUALITY, DEFAULT_REFINE_STEPS, QUALITY_LEVELS
 from hvae.data.images import pad_to_multiple, to_pil, to_tensor
 from hvae.entropy import decode_symbols, encode_symbols, pack, symbol_bits
 from hvae.errors import HVAEError
 from hvae.fingerprint import fingerprint
 from hvae.model import HierarchicalVAE
+from hvae.refine import refine_features
+from hvae.training import resolve_precision
 from pipelines.hvae_pipeline import cached_stage1, load_pipeline_folder
 
 # Quantization step of the (unit-variance) stage-1 features for quality 1..8.
@@ -41,7 +44,8 @@ from pipelines.hvae_pipeline import cached_stage1, load_pipeline_folder
 # entropy model was trained for. Each record stores its step, so this table
 # can change without breaking old archives.
 QUALITY_STEPS = (1.6, 1.1, 0.75, 0.5, 0.34, 0.23, 0.15, 0.1)
-DEFAULT_QUALITY = 4
+if len(QUALITY_STEPS) != QUALITY_LEVELS:  # the CLI offers QUALITY_LEVELS without importing torch
+    raise ImportError("QUALITY_STEPS and hvae.codec_settings.QUALITY_LEVELS disagree")
 _STEP = struct.Struct("<f")
 
 
@@ -62,6 +66,11 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def check_refine_steps(refine_steps: int) -> None:
+    if not isinstance(refine_steps, int) or refine_steps < 0:
+        raise HVAEError(f"refine_steps must be a whole number >= 0, got {refine_steps!r}")
 
 
 def quality_step(quality: int) -> float:
@@ -105,13 +114,14 @@ class CompressJob:
     It runs in this process or on Ray workers (``hvae.distributed.map_on_ray``)."""
 
     quality: int
+    refine_steps: int = DEFAULT_REFINE_STEPS
     pipeline = "HVAECompressionPipeline"
 
     def compute(self, pipe: HVAECompressionPipeline, items: list[dict]) -> list[dict]:
         by_size, results = load_all(items)
         for group in by_size.values():
             for item, image in group:
-                payload = pipe.encode_image(image, self.quality)
+                payload = pipe.encode_image(image, self.quality, refine_steps=self.refine_steps)
                 record = Record(item["item"], image.height, image.width, self.quality, payload)
                 results.append({"item": item["item"], "data": record.encode(), "error": None})
         return results
@@ -151,13 +161,37 @@ class HVAECompressionPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def encode_image(
-        self, image: Image.Image, quality: int = DEFAULT_QUALITY, return_bits: bool = False
+        self,
+        image: Image.Image,
+        quality: int = DEFAULT_QUALITY,
+        return_bits: bool = False,
+        refine_steps: int = DEFAULT_REFINE_STEPS,
     ):
         """One image -> its payload: the quantization step, then the ANS bitstream. With
-        ``return_bits``, also the -log2 p the model assigns to the coded symbols (the ideal size)."""
+        ``return_bits``, also the -log2 p the model assigns to the coded symbols (the ideal size).
+        ``refine_steps`` iterations of ``hvae.refine.refine_features`` choose the features
+        (0: stage 1's own); decoders need not know, the payload is the same kind either way."""
         step = _STEP.unpack(_STEP.pack(quality_step(quality)))[0]  # exactly what decode reads
+        check_refine_steps(refine_steps)
+        image = image.convert("RGB")
         with one_thread():
-            chunks, _ = encode_symbols(self.hvae, self.features_of(image.convert("RGB")), step)
+            # The search runs on one thread too, although no decoder repeats it: on 2 cores it
+            # was only 1.3x faster on two, and one thread keeps an archive the same whatever
+            # the thread count or Ray layout that wrote it. It still depends on the machine
+            # (bf16 where fast); any of its archives decodes anywhere the model does.
+            features = self.features_of(image)
+            if refine_steps:
+                on_gpu = self.stage1.device.type == "cuda"
+                features = refine_features(
+                    self.stage1,
+                    self.hvae,
+                    features,
+                    to_tensor([image]).to(self.stage1.device),
+                    step,
+                    refine_steps,
+                    bf16=resolve_precision("auto", on_gpu=on_gpu) == "bf16",
+                )
+            chunks, _ = encode_symbols(self.hvae, features, step)
         clamped = sum(c.clamped for c in chunks)
         if clamped:
             warnings.warn(
@@ -191,6 +225,7 @@ class HVAECompressionPipeline(DiffusionPipeline):
         images: Image.Image | Sequence[Image.Image],
         quality: int = DEFAULT_QUALITY,
         names: Sequence[str] | None = None,
+        refine_steps: int = DEFAULT_REFINE_STEPS,
     ) -> bytes:
         """Images -> the bytes of an ``.hvz`` archive holding them (named image-00000, ... by default)."""
         images = [images] if isinstance(images, Image.Image) else list(images)
@@ -201,7 +236,7 @@ class HVAECompressionPipeline(DiffusionPipeline):
         with ArchiveWriter(buffer, self.fingerprint()) as writer:
             for name, image in zip(names, images, strict=True):
                 image = image.convert("RGB")
-                payload = self.encode_image(image, quality)
+                payload = self.encode_image(image, quality, refine_steps=refine_steps)
                 writer.add(Record(name, image.height, image.width, quality, payload))
         return buffer.getvalue()
 
@@ -234,12 +269,14 @@ class HVAECompressionPipeline(DiffusionPipeline):
         quality: int = DEFAULT_QUALITY,
         progress: bool = True,
         compute: Callable | None = None,
+        refine_steps: int = DEFAULT_REFINE_STEPS,
     ) -> CompressionSummary:
         """Files and folders (recursive) -> one archive, records in input order. Unreadable
         files are skipped and reported. ``compute(job, items)`` yields the job's results from
         elsewhere (``hvae.distributed.map_on_ray``); by default this process computes them."""
         quality_step(quality)
-        job = CompressJob(quality)
+        check_refine_steps(refine_steps)
+        job = CompressJob(quality, refine_steps)
         items = [
             {"item": image.name + Path(image.path).suffix, "path": image.path}
             for image in list_inputs(list(inputs))
@@ -261,8 +298,8 @@ class HVAECompressionPipeline(DiffusionPipeline):
         )
         with ArchiveWriter(out, self.fingerprint()) as writer:
             for result in results:
-                # Workers may finish out of order; records are written in input order, so an
-                # archive does not depend on how (or where) it was computed.
+                # Workers may finish out of order; records are written in input order, so the
+                # order does not depend on how the work was split.
                 waiting[position[result["item"]]] = result
                 while next_index in waiting:
                     done = waiting.pop(next_index)

@@ -27,9 +27,10 @@ import gradio as gr
 from PIL import Image
 
 from hvae.codec import ArchiveError, ArchiveWriter, DamagedRecord, Record
+from hvae.codec_settings import DEFAULT_QUALITY, DEFAULT_REFINE_STEPS
 from hvae.data.images import load_image, to_tensor
 from hvae.errors import HVAEError
-from pipelines.compression_pipeline import DEFAULT_QUALITY, QUALITY_STEPS
+from pipelines.compression_pipeline import QUALITY_STEPS
 
 MAX_SLIDERS = 16
 UPLOAD_MAX_PIXELS = 16_000_000  # a UI upload larger than this is refused before decoding
@@ -258,7 +259,12 @@ def _unique_stems(paths: list[str]) -> list[str]:
     return names
 
 
-def compress_uploads(models: dict[str, str], paths: list[str] | None, quality: float):
+def compress_uploads(
+    models: dict[str, str],
+    paths: list[str] | None,
+    quality: float,
+    refine_steps: float = DEFAULT_REFINE_STEPS,
+):
     """Uploads -> (path of the .hvz, rows of the per-image table, the decoded images)."""
     from hvae.rd_benchmark import decode_pillow, image_scores, jpeg_within
 
@@ -286,7 +292,7 @@ def compress_uploads(models: dict[str, str], paths: list[str] | None, quality: f
     try:
         with ArchiveWriter(archive, pipe.fingerprint()) as writer:
             for name, image in zip(names, images, strict=True):
-                payload = pipe.encode_image(image, quality)
+                payload = pipe.encode_image(image, quality, refine_steps=int(refine_steps))
                 writer.add(Record(name, image.height, image.width, quality, payload))
                 decoded = pipe.decode_image(payload, (image.height, image.width))
                 decoded_images.append((decoded, name))
@@ -440,6 +446,13 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
                         step=1,
                         label=f"quality (1: smallest files, {len(QUALITY_STEPS)}: best)",
                     )
+                    refine = gr.Slider(
+                        0,
+                        60,
+                        value=DEFAULT_REFINE_STEPS,
+                        step=1,
+                        label="encoder search (iterations; 0: about 20x faster, larger files)",
+                    )
                     compress = gr.Button("compress", elem_id="compress")
                     hvz = gr.File(label="archive (.hvz)", elem_id="hvz")
             table = gr.Dataframe(
@@ -527,8 +540,8 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
         )
         # Compression is the heaviest event: one at a time, so slider edits keep a core.
         compress.click(
-            lambda paths, q: served(compress_uploads(models, paths, q)),
-            [to_compress, quality],
+            lambda paths, q, r: served(compress_uploads(models, paths, q, r)),
+            [to_compress, quality, refine],
             [hvz, table, compressed],
             api_name="compress",
             concurrency_limit=1,
