@@ -1,0 +1,67 @@
+"""How often a std lands in another table bucket when the arithmetic changes.
+
+The decoder must pick exactly the table entry the encoder picked for every
+symbol, or the stream desynchronises. Within one machine the pipeline makes
+both sides compute alike (one thread, batch 1). Across machines the arithmetic
+differs; this measures how often that desynchronises a stream, encoding on 2
+threads and decoding on 1 (oneDNN splits the sums differently) as a stand-in for
+another machine, with the entropy model in float32 (as bundled) and in float64.
+
+    python benchmarks/scale_flips.py --data data/photos/heldout/photo
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+
+from hvae.cli_codec import load_codec
+from hvae.data.images import find_images, load_image
+from hvae.entropy import decode_symbols, encode_symbols, pack
+from pipelines.compression_pipeline import QUALITY_STEPS
+
+
+def desynchronised(model, features, step) -> tuple[bool, float]:
+    """Encode on 2 threads, decode on 1: did the stream come apart? (A mean one ulp off only
+    moves the rebuilt features by about an ulp; a bucket flip scrambles everything after it.)
+    Also returns the 1-thread decode's seconds."""
+    torch.set_num_threads(2)
+    with torch.no_grad():
+        chunks, rebuilt = encode_symbols(model, features, step)
+        payload = pack(chunks)
+        torch.set_num_threads(1)
+        start = time.perf_counter()
+        decoded = decode_symbols(model, payload, step, tuple(features.shape[-2:]))
+        seconds = time.perf_counter() - start
+    return bool((decoded - rebuilt).abs().max() > step / 2), seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="checkpoints/photo")
+    parser.add_argument("--data", default="data/photos/heldout/photo")
+    args = parser.parse_args()
+    pipe = load_codec(args.model)
+    images = [load_image(p) for p in find_images([args.data])]
+    features = [pipe.features_of(image) for image in images]
+    threads = torch.get_num_threads()
+    print("| dtype | streams | desynchronised | decode s per stream |\n|---|---|---|---|")
+    for dtype in (torch.float32, torch.float64):
+        model = copy.deepcopy(pipe.hvae).to(dtype)
+        results = [
+            desynchronised(model, feature.to(dtype), step)
+            for feature in features
+            for step in QUALITY_STEPS
+        ]
+        torch.set_num_threads(threads)
+        name = str(dtype).replace("torch.", "")
+        broken = sum(r[0] for r in results)
+        seconds = sum(r[1] for r in results) / len(results)
+        print(f"| {name} | {len(results)} | {broken} | {seconds:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
