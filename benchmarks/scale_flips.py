@@ -24,10 +24,10 @@ from hvae.entropy import decode_symbols, encode_symbols, pack
 from pipelines.compression_pipeline import QUALITY_STEPS
 
 
-def desynchronised(model, features, step) -> tuple[bool, float]:
+def desynchronised(model, features, step) -> tuple[bool, float, int]:
     """Encode on 2 threads, decode on 1: did the stream come apart? (A mean one ulp off only
     moves the rebuilt features by about an ulp; a bucket flip scrambles everything after it.)
-    Also returns the 1-thread decode's seconds."""
+    Also returns the 1-thread decode's seconds and the stream's bytes."""
     torch.set_num_threads(2)
     with torch.no_grad():
         chunks, rebuilt = encode_symbols(model, features, step)
@@ -36,7 +36,7 @@ def desynchronised(model, features, step) -> tuple[bool, float]:
         start = time.perf_counter()
         decoded = decode_symbols(model, payload, step, tuple(features.shape[-2:]))
         seconds = time.perf_counter() - start
-    return bool((decoded - rebuilt).abs().max() > step / 2), seconds
+    return bool((decoded - rebuilt).abs().max() > step / 2), seconds, len(payload)
 
 
 def main() -> None:
@@ -48,7 +48,9 @@ def main() -> None:
     images = [load_image(p) for p in find_images([args.data])]
     features = [pipe.features_of(image) for image in images]
     threads = torch.get_num_threads()
-    print("| dtype | streams | desynchronised | decode s per stream |\n|---|---|---|---|")
+    print(
+        "| dtype | streams | desynchronised | decode s per stream | bytes |\n|---|---|---|---|---|"
+    )
     for dtype in (torch.float32, torch.float64):
         model = copy.deepcopy(pipe.hvae).to(dtype)
         results = [
@@ -60,7 +62,8 @@ def main() -> None:
         name = str(dtype).replace("torch.", "")
         broken = sum(r[0] for r in results)
         seconds = sum(r[1] for r in results) / len(results)
-        print(f"| {name} | {len(results)} | {broken} | {seconds:.3f} |", flush=True)
+        total = sum(r[2] for r in results)
+        print(f"| {name} | {len(results)} | {broken} | {seconds:.3f} | {total} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -110,7 +110,8 @@ def cmd_info(args) -> int:
         print(json.dumps(info, indent=1))
     else:
         print(
-            f"{info['archive']}: model {info['fingerprint']}"
+            f"{info['archive']}: model {info['fingerprint']}, format version "
+            f"{info['format_version']}"
             + ("" if info["complete"] else " (INCOMPLETE: no valid index)")
         )
         width = max([len(i["name"]) for i in info["images"]] + [4])

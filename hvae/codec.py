@@ -27,7 +27,9 @@ from typing import BinaryIO
 from hvae.errors import HVAEError
 
 MAGIC = b"\x89HVZ\r\n\x1a\n"  # PNG-style: catches text-mode transfers and truncation at byte 1
-VERSION = 1
+# 2: the entropy model computes in float64 (see CODING_DTYPES). 1 (float32) is still read.
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 RECORD_TAG = b"HVZR"
 INDEX_TAG = b"HVZI"
 END_TAG = b"HVZEND\0\0"
@@ -96,7 +98,7 @@ class ArchiveWriter:
     so finished work is not lost. Given a binary stream, it writes there.
     """
 
-    def __init__(self, target: str | Path | BinaryIO, fingerprint: str):
+    def __init__(self, target: str | Path | BinaryIO, fingerprint: str, version: int = VERSION):
         if len(fingerprint) != 16:
             raise ValueError("the model fingerprint must be 16 hex digits")
         self.path: Path | None = None
@@ -108,7 +110,9 @@ class ArchiveWriter:
         else:
             self._file = target
         self._start = self._file.tell()
-        header = _HEADER.pack(MAGIC, VERSION, 0, fingerprint.encode("ascii"))
+        if version not in READABLE_VERSIONS:
+            raise ValueError(f"cannot write format version {version}")
+        header = _HEADER.pack(MAGIC, version, 0, fingerprint.encode("ascii"))
         self._file.write(header + struct.pack("<I", _crc(header)))
         self._entries: list[tuple[int, int]] = []
         self._names: set[str] = set()
@@ -168,10 +172,12 @@ class ArchiveReader:
         _, version, _, fingerprint = _HEADER.unpack(header)
         if struct.unpack_from("<I", self.data, _HEADER.size)[0] != _crc(header):
             raise ArchiveError(f"{self.path}: the header is damaged (checksum mismatch)")
-        if version != VERSION:
+        if version not in READABLE_VERSIONS:
+            readable = " and ".join(map(str, READABLE_VERSIONS))
             raise ArchiveError(
-                f"{self.path}: format version {version}; this hvae reads version {VERSION}"
+                f"{self.path}: format version {version}; this hvae reads versions {readable}"
             )
+        self.version = version
         self.fingerprint = fingerprint.decode("ascii")
         self.indexed = True
         self.entries = self._read_index()

@@ -68,7 +68,10 @@ def _chunk(values: torch.Tensor, log_scale: torch.Tensor) -> SymbolChunk:
 
 
 def _relative_log_scale(log_scale: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-    return log_scale.float() - step.float().log().view(-1, 1, 1, 1)
+    """In the model's own dtype: rounding a float64 std to float32 first would give back
+    the float32 hazard that computing in float64 removes."""
+    dtype = torch.promote_types(log_scale.dtype, torch.float32)
+    return log_scale.to(dtype) - step.to(dtype).log().view(-1, 1, 1, 1)
 
 
 @torch.no_grad()
@@ -80,6 +83,7 @@ def encode_symbols(
     if features.shape[0] != 1:
         raise ValueError("encode one image at a time: batching would change the arithmetic")
     chunks: list[SymbolChunk] = []
+    dtype = model.head.weight.dtype
     steps = torch.tensor([step], dtype=torch.float32)
 
     def pick(prior_mean, prior_log_scale, posterior_mean):
@@ -87,8 +91,8 @@ def encode_symbols(
         chunks.append(_chunk(symbols, prior_log_scale))
         return prior_mean + symbols
 
-    mean, log_scale, _ = model.coding_pass(features.float(), steps, pick)
-    symbols = torch.round((features.float() - mean) / step)
+    mean, log_scale, _ = model.coding_pass(features.to(dtype), steps, pick)
+    symbols = torch.round((features.to(dtype) - mean) / step)
     chunks.append(_chunk(symbols, _relative_log_scale(log_scale, steps)))
     return chunks, mean + step * symbols.clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT)
 
@@ -122,7 +126,7 @@ def decode_symbols(
         return prior_mean + read(prior_log_scale).to(prior_mean.dtype)
 
     mean, log_scale, _ = model.coding_pass(None, steps, pick, feature_size)
-    return mean + step * read(_relative_log_scale(log_scale, steps))
+    return mean + step * read(_relative_log_scale(log_scale, steps)).to(mean.dtype)
 
 
 def rounded_rate_bits(

@@ -13,6 +13,7 @@ bit-identical whatever the batch size or thread count (see ``one_thread``).
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import struct
 import warnings
@@ -27,7 +28,14 @@ from tqdm.auto import tqdm
 
 from hvae.autoencoder import FeatureAutoencoder
 from hvae.batch import list_inputs, load_all, png_bytes, write_atomically
-from hvae.codec import ArchiveError, ArchiveReader, ArchiveWriter, DamagedRecord, Record
+from hvae.codec import (
+    VERSION,
+    ArchiveError,
+    ArchiveReader,
+    ArchiveWriter,
+    DamagedRecord,
+    Record,
+)
 from hvae.codec_settings import DEFAULT_QUALITY, DEFAULT_REFINE_STEPS, QUALITY_LEVELS
 from hvae.data.images import pad_to_multiple, to_pil, to_tensor
 from hvae.entropy import decode_symbols, encode_symbols, pack, symbol_bits
@@ -47,6 +55,12 @@ QUALITY_STEPS = (1.6, 1.1, 0.75, 0.5, 0.34, 0.23, 0.15, 0.1)
 if len(QUALITY_STEPS) != QUALITY_LEVELS:  # the CLI offers QUALITY_LEVELS without importing torch
     raise ImportError("QUALITY_STEPS and hvae.codec_settings.QUALITY_LEVELS disagree")
 _STEP = struct.Struct("<f")
+# The entropy model's arithmetic per format version. Encoder and decoder must snap every
+# std to the same table entry; where their sums differ in the last bits (another thread
+# count, CPU or GPU), float32 moved a std across a table boundary often enough to break
+# 9 of 80 held-out streams (1 thread against 2), float64 none of them
+# (python benchmarks/scale_flips.py). Version 1 archives were coded in float32.
+CODING_DTYPES = {1: torch.float32, 2: torch.float64}
 
 
 @contextlib.contextmanager
@@ -150,6 +164,20 @@ class HVAECompressionPipeline(DiffusionPipeline):
     def stage1(self) -> FeatureAutoencoder:
         return cached_stage1(self)
 
+    def coding_model(self, version: int = VERSION) -> HierarchicalVAE:
+        """The entropy model in the arithmetic of format ``version`` (a cached copy when that is
+        not the loaded dtype, rebuilt if ``hvae`` is replaced or moved)."""
+        dtype = CODING_DTYPES[version]
+        if self.hvae.dtype == dtype:
+            return self.hvae
+        cache = self.__dict__.setdefault("_coding_models", {})
+        cached = cache.get(dtype)
+        if cached is None or cached[0] is not self.hvae or cached[1].device != self.hvae.device:
+            with warnings.catch_warnings():  # diffusers warns about casting; every layer may be
+                warnings.simplefilter("ignore")
+                cache[dtype] = cached = (self.hvae, copy.deepcopy(self.hvae).to(dtype).eval())
+        return cached[1]
+
     def fingerprint(self) -> str:
         return fingerprint(self.autoencoder, self.hvae)
 
@@ -191,7 +219,7 @@ class HVAECompressionPipeline(DiffusionPipeline):
                     refine_steps,
                     bf16=resolve_precision("auto", on_gpu=on_gpu) == "bf16",
                 )
-            chunks, _ = encode_symbols(self.hvae, features, step)
+            chunks, _ = encode_symbols(self.coding_model(), features, step)
         clamped = sum(c.clamped for c in chunks)
         if clamped:
             warnings.warn(
@@ -203,8 +231,11 @@ class HVAECompressionPipeline(DiffusionPipeline):
         return payload
 
     @torch.no_grad()
-    def decode_image(self, payload: bytes, size: tuple[int, int]) -> Image.Image:
-        """Payload and original (height, width) -> the decoded image."""
+    def decode_image(
+        self, payload: bytes, size: tuple[int, int], version: int = VERSION
+    ) -> Image.Image:
+        """Payload and original (height, width) -> the decoded image; ``version`` is the format
+        version of the archive it came from (it sets the entropy model's arithmetic)."""
         if len(payload) < _STEP.size:
             raise DamagedRecord("payload too short")
         (step,) = _STEP.unpack_from(payload)
@@ -214,7 +245,9 @@ class HVAECompressionPipeline(DiffusionPipeline):
         )
         with one_thread():
             try:
-                features = decode_symbols(self.hvae, payload[_STEP.size :], step, feature_size)
+                features = decode_symbols(
+                    self.coding_model(version), payload[_STEP.size :], step, feature_size
+                )
             except (ValueError, RuntimeError, OverflowError) as error:
                 raise DamagedRecord(f"undecodable bitstream ({error})") from None
             return to_pil(self.stage1.decode(features, size))[0]
@@ -247,7 +280,9 @@ class HVAECompressionPipeline(DiffusionPipeline):
         for _, record in reader.records():
             if isinstance(record, DamagedRecord):
                 raise record
-            images.append(self.decode_image(record.payload, (record.height, record.width)))
+            images.append(
+                self.decode_image(record.payload, (record.height, record.width), reader.version)
+            )
         return images
 
     def open_archive(self, source: str | Path | bytes) -> ArchiveReader:
@@ -345,7 +380,9 @@ class HVAECompressionPipeline(DiffusionPipeline):
             found.add(record.name)
             try:
                 target = Path(out_dir) / _safe_relative(record.name).with_suffix(".png")
-                image = self.decode_image(record.payload, (record.height, record.width))
+                image = self.decode_image(
+                    record.payload, (record.height, record.width), reader.version
+                )
             except DamagedRecord as error:
                 summary.damaged.append(f"{record.name}: {error}")
                 continue
@@ -382,6 +419,7 @@ def archive_info(archive: str | Path) -> dict:
     return {
         "archive": str(archive),
         "fingerprint": reader.fingerprint,
+        "format_version": reader.version,
         "complete": reader.complete,
         "images": images,
         "damaged": damaged,

@@ -1,17 +1,21 @@
 """Entropy coding and the compression pipeline, on tiny untrained models."""
 
+import io
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from hvae.cli import main
-from hvae.codec import ArchiveReader
+from hvae.codec import ArchiveReader, ArchiveWriter, Record
+from hvae.data.images import to_pil
 from hvae.data.shapes import ShapesDataset
 from hvae.entropy import decode_symbols, encode_symbols, pack
 from hvae.errors import HVAEError
 from hvae.train_codec import make_codec_model
 from pipelines import HVAECompressionPipeline, HVAEPipeline
+from pipelines.compression_pipeline import _STEP, quality_step
 from tests.conftest import tiny_autoencoder, tiny_codec, tiny_hvae
 
 
@@ -203,3 +207,23 @@ def test_cli_decompress_with_another_model_names_both(codec_dir, photo_folder, t
     assert main(["decompress", str(archive), "-o", str(tmp_path / "x"), "--model", str(other)]) == 2
     err = capsys.readouterr().err
     assert ArchiveReader(archive).fingerprint in err and "this model is" in err
+
+
+def test_version_1_archives_still_decode_in_float32(codec, scenes):
+    """Archives written before the float64 entropy model (format 1) decode as they did."""
+    image = scenes[0]
+    step = _STEP.unpack(_STEP.pack(quality_step(3)))[0]
+    with torch.no_grad():
+        features = codec.features_of(image)
+        chunks, rebuilt = encode_symbols(codec.hvae, features, step)
+    payload = _STEP.pack(step) + pack(chunks)
+    buffer = io.BytesIO()
+    with ArchiveWriter(buffer, codec.fingerprint(), version=1) as writer:
+        writer.add(Record("old", image.height, image.width, 3, payload))
+    reader = ArchiveReader(buffer.getvalue())
+    assert reader.version == 1
+    expected = codec.stage1.decode(rebuilt, (image.height, image.width))
+    (decoded,) = codec.decompress(buffer.getvalue())
+    assert np.array_equal(np.asarray(decoded), np.asarray(to_pil(expected)[0]))
+    assert ArchiveReader(codec.compress([image])).version == 2
+    assert codec.coding_model(2).dtype == torch.float64 and codec.coding_model(1) is codec.hvae

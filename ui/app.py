@@ -344,7 +344,12 @@ def decompress_upload(models: dict[str, str], path: str | None):
             continue
         try:
             gallery.append(
-                (pipe.decode_image(record.payload, (record.height, record.width)), record.name)
+                (
+                    pipe.decode_image(
+                        record.payload, (record.height, record.width), reader.version
+                    ),
+                    record.name,
+                )
             )
         except DamagedRecord as error:
             damaged.append(f"{record.name}: {error}")
