@@ -3,7 +3,7 @@
 This is how ``RD_WEIGHT``, ``default_learning_rate`` and the pipeline's
 ``DEFAULT_REFINE_STEPS`` were chosen. It runs on *training* photos, shrunk to
 ``--side`` on the longer side, so the held-out set stays unseen by the choice.
-Each setting is "iterations:learning_rate:rd_weight".
+Each setting is "iterations:learning_rate:rd_weight[:tune[:ms_ssim_scale]]".
 
     python benchmarks/refine_tuning.py --settings 15:0.02:180 30:0.01:180
 """
@@ -16,6 +16,7 @@ import time
 import torch
 from PIL import Image
 
+import hvae.refine as refine_module
 from hvae.cli_codec import load_codec
 from hvae.data.images import find_images, load_image, to_tensor
 from hvae.entropy import encode_symbols, pack
@@ -31,7 +32,9 @@ def shrink(image: Image.Image, side: int) -> Image.Image:
     return image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
 
 
-def curve(pipe, images, qualities, iterations, learning_rate, rd_weight, bf16) -> list[tuple]:
+def curve(
+    pipe, images, qualities, iterations, learning_rate, rd_weight, bf16, tune="psnr"
+) -> list[tuple]:
     """Mean (bpp, PSNR, MS-SSIM) per quality, coded and decoded for real."""
     points = []
     for quality in qualities:
@@ -43,7 +46,7 @@ def curve(pipe, images, qualities, iterations, learning_rate, rd_weight, bf16) -
                 features = pipe.features_of(image)
                 features = refine_features(
                     pipe.stage1, pipe.hvae, features, target, step, iterations,
-                    learning_rate, bf16, rd_weight,
+                    learning_rate, bf16, rd_weight, tune,
                 )  # fmt: skip
                 with torch.no_grad():
                     payload = _STEP.pack(step) + pack(encode_symbols(pipe.hvae, features, step)[0])
@@ -76,11 +79,14 @@ def main() -> None:
     print("| iterations | lr | rd weight | BD-rate PSNR | BD-rate MS-SSIM | s/image | bpp range |")
     print("|---|---|---|---|---|---|---|")
     for setting in args.settings:
-        iterations, learning_rate, rd_weight = setting.split(":")
+        iterations, learning_rate, rd_weight, *rest = setting.split(":")
+        tune = rest[0] if rest else "psnr"
+        if len(rest) > 1:
+            refine_module.MS_SSIM_SCALE = float(rest[1])
         start = time.perf_counter()
         points = curve(
             pipe, images, args.qualities, int(iterations), float(learning_rate),
-            float(rd_weight), bf16,
+            float(rd_weight), bf16, tune,
         )  # fmt: skip
         seconds = (time.perf_counter() - start) / (len(images) * len(args.qualities))
         on_psnr = bd_rate([(p[0], p[1]) for p in base], [(p[0], p[1]) for p in points])
@@ -88,7 +94,7 @@ def main() -> None:
             [(p[0], ms_ssim_db(p[2])) for p in base], [(p[0], ms_ssim_db(p[2])) for p in points]
         )
         print(
-            f"| {iterations} | {learning_rate} | {rd_weight} | {on_psnr:+.1f} % | "
+            f"| {iterations} | {learning_rate} | {rd_weight} {' '.join(rest)} | {on_psnr:+.1f} % | "
             f"{on_ms_ssim:+.1f} % | {seconds:.2f} | {points[0][0]:.3f}-{points[-1][0]:.3f} |",
             flush=True,
         )

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from hvae.cli import bundled_model, load_pipeline, non_negative_int
-from hvae.codec_settings import DEFAULT_QUALITY, DEFAULT_REFINE_STEPS, QUALITY_LEVELS
+from hvae.codec_settings import DEFAULT_QUALITY, DEFAULT_REFINE_STEPS, QUALITY_LEVELS, TUNINGS
 
 
 def default_codec_model() -> str:
@@ -75,7 +75,12 @@ def cmd_compress(args) -> int:
             map_on_ray, model=args.model, workers=args.ray_workers, batch_size=args.batch_size
         )
     summary = pipe.compress_files(
-        args.inputs, args.out, quality=args.quality, compute=compute, refine_steps=args.refine_steps
+        args.inputs,
+        args.out,
+        quality=args.quality,
+        compute=compute,
+        refine_steps=args.refine_steps,
+        tune=args.tune,
     )
     for message in summary.skipped:
         print(f"skipped: {message}", file=sys.stderr)
@@ -141,6 +146,7 @@ def cmd_benchmark_rd(args) -> int:
         qualities=args.qualities,
         limit=args.limit,
         refine_steps=args.refine_steps,
+        tune=args.tune,
     )
     return 0
 
@@ -225,6 +231,14 @@ def add_codec_commands(sub, add_training_args, positive_int) -> None:
         "quality (default: %(default)s; 0 = off, about 20x faster to encode). Decoding is the "
         "same either way",
     )
+    p.add_argument(
+        "--tune",
+        choices=TUNINGS,
+        default="psnr",
+        help="what the search trades bits against: psnr (squared error) or ms-ssim (structure; "
+        "on training photos 18 %% fewer bits at equal MS-SSIM than no search, against 9 %% "
+        "for psnr, and 8 %% against 16 %% at equal PSNR) (default: psnr)",
+    )
     p.add_argument("--model", default=default_codec_model(), help=model_help)
     p.add_argument(
         "--ray-workers",
@@ -292,5 +306,8 @@ def add_codec_commands(sub, add_training_args, positive_int) -> None:
         default=[0, DEFAULT_REFINE_STEPS],
         metavar="N",
         help="one curve of ours per value of compress's --refine-steps (default: 0 %(default)s)",
+    )
+    q.add_argument(
+        "--tune", choices=TUNINGS, default="psnr", help="compress's --tune (default: psnr)"
     )
     q.set_defaults(func=cmd_benchmark_rd)

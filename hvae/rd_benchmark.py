@@ -123,9 +123,11 @@ def _mean_curve(rows: list[dict]) -> list[dict]:
     return sorted(curve, key=lambda p: p["bpp"])
 
 
-def ours(refine_steps: int) -> str:
-    """Our curve's name for a ``--refine-steps`` setting."""
-    return "ours" if refine_steps == 0 else f"ours, refine {refine_steps}"
+def ours(refine_steps: int, tune: str = "psnr") -> str:
+    """Our curve's name for a ``--refine-steps`` and ``--tune`` setting."""
+    if refine_steps == 0:
+        return "ours"
+    return f"ours, refine {refine_steps}" + ("" if tune == "psnr" else f" for {tune}")
 
 
 def run_rd_benchmark(
@@ -135,6 +137,7 @@ def run_rd_benchmark(
     qualities: list[int],
     limit: int | None = None,
     refine_steps: list[int] | None = None,
+    tune: str = "psnr",
 ) -> dict:
     from hvae.cli_codec import load_codec
     from hvae.codec_settings import DEFAULT_REFINE_STEPS
@@ -146,7 +149,7 @@ def run_rd_benchmark(
     if not paths:
         raise HVAEError(f"{data}: no images")
     images = [load_image(p) for p in paths]
-    ours_names = [ours(r) for r in refine_steps]
+    ours_names = [ours(r, tune) for r in refine_steps]
     rows: dict[str, list[dict]] = {name: [] for name in [*ours_names, "JPEG", "WebP", "AVIF"]}
     overhead = []
     bar = tqdm(
@@ -160,14 +163,14 @@ def run_rd_benchmark(
         for refine, quality in ((r, q) for r in refine_steps for q in qualities):
             start = time.perf_counter()
             payload, ideal_bits = pipe.encode_image(
-                image, quality, return_bits=True, refine_steps=refine
+                image, quality, return_bits=True, refine_steps=refine, tune=tune
             )
             encode_s = time.perf_counter() - start
             start = time.perf_counter()
             decoded = pipe.decode_image(payload, (image.height, image.width))
             decode_s = time.perf_counter() - start
             p, m = image_scores(original, decoded)
-            rows[ours(refine)].append(
+            rows[ours(refine, tune)].append(
                 {
                     "image": path.name,
                     "setting": quality,
@@ -208,7 +211,8 @@ def run_rd_benchmark(
         "coded_over_ideal": {"mean": float(np.mean(overhead)), "max": float(np.max(overhead))},
         "bd_rate": {},
         "matched": {},
-        "speed_384": speed_at(pipe, images, refine_steps=refine_steps),
+        "tune": tune,
+        "speed_384": speed_at(pipe, images, refine_steps=refine_steps, tune=tune),
     }
     for name in ours_names:
         for anchor in ("JPEG", "WebP", "AVIF"):
@@ -246,7 +250,11 @@ def _center_crop(image: Image.Image, side: int) -> Image.Image:
 
 
 def speed_at(
-    pipe, images: list[Image.Image], side: int = SPEED_SIDE, refine_steps: list[int] = (0,)
+    pipe,
+    images: list[Image.Image],
+    side: int = SPEED_SIDE,
+    refine_steps: list[int] = (0,),
+    tune: str = "psnr",
 ) -> dict:
     """Images per second at side x side (centre crops), ours at quality 4 beside the others at
     settings of similar bpp, measured in the same run on the same crops."""
@@ -255,13 +263,13 @@ def speed_at(
     results = {}
     for refine in refine_steps:
         start = time.perf_counter()
-        payloads = [pipe.encode_image(c, 4, refine_steps=refine) for c in crops]
+        payloads = [pipe.encode_image(c, 4, refine_steps=refine, tune=tune) for c in crops]
         encode_s = time.perf_counter() - start
         start = time.perf_counter()
         for payload in payloads:
             pipe.decode_image(payload, (side, side))
         decode_s = time.perf_counter() - start
-        results[f"{ours(refine)} q4"] = {
+        results[f"{ours(refine, tune)} q4"] = {
             "encode_img_s": len(crops) / encode_s,
             "decode_img_s": len(crops) / decode_s,
         }

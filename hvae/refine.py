@@ -18,13 +18,19 @@ import math
 import torch
 
 from hvae.autoencoder import FeatureAutoencoder
+from hvae.codec_settings import TUNINGS
 from hvae.entropy import rounded_rate_bits
+from hvae.metrics import MS_SSIM_MIN_SIDE, ms_ssim
 from hvae.model import HierarchicalVAE
 
 # lambda = RD_WEIGHT * step^2, in (8-bit MSE) per bpp. Distortion from rounding
 # grows as step^2, so this keeps each quality level near its unrefined bit rate.
 # Tuned on training pictures only (benchmarks/refine_tuning.py); 120 and 270 did as well.
 RD_WEIGHT = 180.0
+# What the search minimises besides bits: "psnr" (MSE) or "ms-ssim" (1 - MS-SSIM, times
+# MS_SSIM_SCALE to put it on the MSE's scale, so one lambda serves both; images under
+# MS_SSIM_MIN_SIDE pixels, where MS-SSIM is undefined, fall back to MSE).
+MS_SSIM_SCALE = 1500.0  # of 800, 1500 and 4000, the best BD-rate on MS-SSIM
 
 
 def default_learning_rate(iterations: int) -> float:
@@ -41,16 +47,22 @@ def rd_cost(
     step: float,
     bf16: bool,
     rd_weight: float = RD_WEIGHT,
+    tune: str = "psnr",
 ) -> tuple[torch.Tensor, float, float]:
     """MSE (8-bit scale) + lambda * bpp of coding ``features`` at ``step`` and decoding them,
     against ``target`` (1, 3, H, W) in [-1, 1], with lambda = ``rd_weight`` * step^2; also
-    returns the MSE and bpp themselves."""
+    returns the MSE and bpp themselves. ``tune="ms-ssim"`` puts (1 - MS-SSIM) in the MSE's
+    place (see TUNINGS)."""
     height, width = target.shape[-2:]
     bits, rebuilt = rounded_rate_bits(hvae, features, torch.tensor([step]))
     decoded = stage1.decode_with_grad(rebuilt, bf16=bf16)[..., :height, :width]
-    mse = ((decoded - target.to(decoded.device)) ** 2).mean() * (255 / 2) ** 2
+    target = target.to(decoded.device)
+    mse = ((decoded - target) ** 2).mean() * (255 / 2) ** 2
+    distortion = mse
+    if tune == "ms-ssim" and min(height, width) >= MS_SSIM_MIN_SIDE:
+        distortion = MS_SSIM_SCALE * (1 - ms_ssim(decoded, target, dtype=torch.float32).mean())
     bpp = bits.sum() / (height * width)
-    return mse + rd_weight * step**2 * bpp, mse.item(), bpp.item()
+    return distortion + rd_weight * step**2 * bpp, mse.item(), bpp.item()
 
 
 def refine_features(
@@ -63,6 +75,7 @@ def refine_features(
     learning_rate: float | None = None,
     bf16: bool = False,
     rd_weight: float = RD_WEIGHT,
+    tune: str = "psnr",
 ) -> torch.Tensor:
     """Features of one image (1, C, h, w) that cost less in ``rd_cost`` than ``features``.
 
@@ -73,6 +86,8 @@ def refine_features(
     """
     if features.shape[0] != 1:
         raise ValueError("refine one image at a time")
+    if tune not in TUNINGS:
+        raise ValueError(f"tune must be one of {', '.join(TUNINGS)}, got {tune!r}")
     if iterations <= 0:
         return features
     frozen = [p for p in (*hvae.parameters(), *stage1.model.parameters()) if p.requires_grad]
@@ -87,7 +102,7 @@ def refine_features(
         best_cost, best = math.inf, features
         with torch.enable_grad():
             for iteration in range(iterations + 1):  # the last pass only scores the last update
-                cost, _, _ = rd_cost(stage1, hvae, current, target, step, bf16, rd_weight)
+                cost, _, _ = rd_cost(stage1, hvae, current, target, step, bf16, rd_weight, tune)
                 if cost.item() < best_cost:
                     best_cost, best = cost.item(), current.detach().clone()
                 if iteration == iterations:

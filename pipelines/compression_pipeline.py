@@ -42,7 +42,7 @@ from hvae.entropy import decode_symbols, encode_symbols, pack, symbol_bits
 from hvae.errors import HVAEError
 from hvae.fingerprint import fingerprint
 from hvae.model import HierarchicalVAE
-from hvae.refine import refine_features
+from hvae.refine import TUNINGS, refine_features
 from hvae.training import resolve_precision
 from pipelines.hvae_pipeline import cached_stage1, load_pipeline_folder
 
@@ -87,6 +87,11 @@ def check_refine_steps(refine_steps: int) -> None:
         raise HVAEError(f"refine_steps must be a whole number >= 0, got {refine_steps!r}")
 
 
+def check_tune(tune: str) -> None:
+    if tune not in TUNINGS:
+        raise HVAEError(f"tune must be one of {', '.join(TUNINGS)}, got {tune!r}")
+
+
 def quality_step(quality: int) -> float:
     if not isinstance(quality, int) or not 1 <= quality <= len(QUALITY_STEPS):
         raise HVAEError(
@@ -129,13 +134,16 @@ class CompressJob:
 
     quality: int
     refine_steps: int = DEFAULT_REFINE_STEPS
+    tune: str = "psnr"
     pipeline = "HVAECompressionPipeline"
 
     def compute(self, pipe: HVAECompressionPipeline, items: list[dict]) -> list[dict]:
         by_size, results = load_all(items)
         for group in by_size.values():
             for item, image in group:
-                payload = pipe.encode_image(image, self.quality, refine_steps=self.refine_steps)
+                payload = pipe.encode_image(
+                    image, self.quality, refine_steps=self.refine_steps, tune=self.tune
+                )
                 record = Record(item["item"], image.height, image.width, self.quality, payload)
                 results.append({"item": item["item"], "data": record.encode(), "error": None})
         return results
@@ -173,9 +181,10 @@ class HVAECompressionPipeline(DiffusionPipeline):
         cache = self.__dict__.setdefault("_coding_models", {})
         cached = cache.get(dtype)
         if cached is None or cached[0] is not self.hvae or cached[1].device != self.hvae.device:
-            with warnings.catch_warnings():  # diffusers warns about casting; every layer may be
-                warnings.simplefilter("ignore")
-                cache[dtype] = cached = (self.hvae, copy.deepcopy(self.hvae).to(dtype).eval())
+            # ModelMixin.to warns that casting may skip layers meant to stay float32; the
+            # HVAE has none, and every layer must compute in the coding dtype.
+            cast = torch.nn.Module.to(copy.deepcopy(self.hvae), dtype)
+            cache[dtype] = cached = (self.hvae, cast.eval())
         return cached[1]
 
     def fingerprint(self) -> str:
@@ -194,13 +203,16 @@ class HVAECompressionPipeline(DiffusionPipeline):
         quality: int = DEFAULT_QUALITY,
         return_bits: bool = False,
         refine_steps: int = DEFAULT_REFINE_STEPS,
+        tune: str = "psnr",
     ):
         """One image -> its payload: the quantization step, then the ANS bitstream. With
         ``return_bits``, also the -log2 p the model assigns to the coded symbols (the ideal size).
         ``refine_steps`` iterations of ``hvae.refine.refine_features`` choose the features
-        (0: stage 1's own); decoders need not know, the payload is the same kind either way."""
+        (0: stage 1's own), minimising bits and MSE, or (1 - MS-SSIM) with ``tune="ms-ssim"``;
+        decoders need not know, the payload is the same kind either way."""
         step = _STEP.unpack(_STEP.pack(quality_step(quality)))[0]  # exactly what decode reads
         check_refine_steps(refine_steps)
+        check_tune(tune)
         image = image.convert("RGB")
         with one_thread():
             # The search runs on one thread too, although no decoder repeats it: on 2 cores it
@@ -218,6 +230,7 @@ class HVAECompressionPipeline(DiffusionPipeline):
                     step,
                     refine_steps,
                     bf16=resolve_precision("auto", on_gpu=on_gpu) == "bf16",
+                    tune=tune,
                 )
             chunks, _ = encode_symbols(self.coding_model(), features, step)
         clamped = sum(c.clamped for c in chunks)
@@ -259,6 +272,7 @@ class HVAECompressionPipeline(DiffusionPipeline):
         quality: int = DEFAULT_QUALITY,
         names: Sequence[str] | None = None,
         refine_steps: int = DEFAULT_REFINE_STEPS,
+        tune: str = "psnr",
     ) -> bytes:
         """Images -> the bytes of an ``.hvz`` archive holding them (named image-00000, ... by default)."""
         images = [images] if isinstance(images, Image.Image) else list(images)
@@ -269,7 +283,7 @@ class HVAECompressionPipeline(DiffusionPipeline):
         with ArchiveWriter(buffer, self.fingerprint()) as writer:
             for name, image in zip(names, images, strict=True):
                 image = image.convert("RGB")
-                payload = self.encode_image(image, quality, refine_steps=refine_steps)
+                payload = self.encode_image(image, quality, refine_steps=refine_steps, tune=tune)
                 writer.add(Record(name, image.height, image.width, quality, payload))
         return buffer.getvalue()
 
@@ -305,13 +319,15 @@ class HVAECompressionPipeline(DiffusionPipeline):
         progress: bool = True,
         compute: Callable | None = None,
         refine_steps: int = DEFAULT_REFINE_STEPS,
+        tune: str = "psnr",
     ) -> CompressionSummary:
         """Files and folders (recursive) -> one archive, records in input order. Unreadable
         files are skipped and reported. ``compute(job, items)`` yields the job's results from
         elsewhere (``hvae.distributed.map_on_ray``); by default this process computes them."""
         quality_step(quality)
         check_refine_steps(refine_steps)
-        job = CompressJob(quality, refine_steps)
+        check_tune(tune)
+        job = CompressJob(quality, refine_steps, tune)
         items = [
             {"item": image.name + Path(image.path).suffix, "path": image.path}
             for image in list_inputs(list(inputs))

@@ -70,3 +70,20 @@ def test_bad_refine_steps_are_refused(codec, scene, tmp_path, capsys):
         main([*args, "--refine-steps", "-1"])
     assert exit_info.value.code == 2
     assert "whole number >= 0" in capsys.readouterr().err
+
+
+def test_ms_ssim_tuning_lowers_its_own_cost_and_bad_tunings_are_refused(codec):
+    scene = ShapesDataset(1, seed=6, size=192)[0][0]  # MS-SSIM needs 176 pixels a side
+    features = codec.features_of(scene)
+    target = to_tensor([scene])
+
+    def cost(f, tune):
+        return rd_cost(codec.stage1, codec.hvae, f, target, 0.5, False, tune=tune)[0].item()
+
+    assert cost(features, "ms-ssim") != cost(features, "psnr")
+    refined = refine_features(
+        codec.stage1, codec.hvae, features, target, 0.5, 10, 0.1, tune="ms-ssim"
+    )
+    assert cost(refined, "ms-ssim") < cost(features, "ms-ssim")
+    with pytest.raises(HVAEError, match="tune must be one of"):
+        codec.encode_image(scene, 3, tune="ssim")
