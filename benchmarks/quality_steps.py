@@ -55,7 +55,9 @@ def main() -> None:
     with torch.no_grad():
         for step in args.steps:
             bpp = [
-                8 * (4 + len(pack(encode_symbols(pipe.hvae, f, step)[0]))) / (i.width * i.height)
+                8
+                * (4 + len(pack(encode_symbols(pipe.coding_model(), f, step)[0])))
+                / (i.width * i.height)
                 for f, i in zip(features, images, strict=True)
             ]
             print(f"| {step} | {np.mean(bpp):.3f} | {min(bpp):.3f} | {max(bpp):.3f} |", flush=True)

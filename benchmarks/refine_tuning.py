@@ -49,7 +49,9 @@ def curve(
                     learning_rate, bf16, rd_weight, tune,
                 )  # fmt: skip
                 with torch.no_grad():
-                    payload = _STEP.pack(step) + pack(encode_symbols(pipe.hvae, features, step)[0])
+                    payload = _STEP.pack(step) + pack(
+                        encode_symbols(pipe.coding_model(), features, step)[0]
+                    )
             decoded = to_tensor([pipe.decode_image(payload, (image.height, image.width))])
             scores.append(
                 (

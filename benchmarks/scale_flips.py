@@ -13,7 +13,6 @@ another machine, with the entropy model in float32 (as bundled) and in float64.
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 
 import torch
@@ -21,7 +20,7 @@ import torch
 from hvae.cli_codec import load_codec
 from hvae.data.images import find_images, load_image
 from hvae.entropy import decode_symbols, encode_symbols, pack
-from pipelines.compression_pipeline import QUALITY_STEPS
+from pipelines.compression_pipeline import CODING_DTYPES, QUALITY_STEPS
 
 
 def desynchronised(model, features, step) -> tuple[bool, float, int]:
@@ -51,15 +50,17 @@ def main() -> None:
     print(
         "| dtype | streams | desynchronised | decode s per stream | bytes |\n|---|---|---|---|---|"
     )
-    for dtype in (torch.float32, torch.float64):
-        model = copy.deepcopy(pipe.hvae).to(dtype)
-        results = [
-            desynchronised(model, feature.to(dtype), step)
-            for feature in features
-            for step in QUALITY_STEPS
-        ]
-        torch.set_num_threads(threads)
-        name = str(dtype).replace("torch.", "")
+    for version, dtype in CODING_DTYPES.items():
+        model = pipe.coding_model(version)
+        try:
+            results = [
+                desynchronised(model, feature.to(dtype), step)
+                for feature in features
+                for step in QUALITY_STEPS
+            ]
+        finally:
+            torch.set_num_threads(threads)
+        name = f"{str(dtype).replace('torch.', '')} (format {version})"
         broken = sum(r[0] for r in results)
         seconds = sum(r[1] for r in results) / len(results)
         total = sum(r[2] for r in results)

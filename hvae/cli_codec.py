@@ -305,7 +305,8 @@ def add_codec_commands(sub, add_training_args, positive_int) -> None:
         nargs="+",
         default=[0, DEFAULT_REFINE_STEPS],
         metavar="N",
-        help="one curve of ours per value of compress's --refine-steps (default: 0 %(default)s)",
+        help="one curve of ours per value of compress's --refine-steps "
+        f"(default: 0 {DEFAULT_REFINE_STEPS})",
     )
     q.add_argument(
         "--tune", choices=TUNINGS, default="psnr", help="compress's --tune (default: psnr)"

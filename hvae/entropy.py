@@ -11,9 +11,10 @@ Symbols are coded with a zero-mean Gaussian whose std is snapped to a fixed
 table (``SCALE_TABLE``). The coder therefore never sees a network-computed
 float, only table entries. A decoder that computes a mean one ulp off gets a
 reconstruction one ulp off, not a corrupt stream; only a scale landing in a
-different table bucket could desynchronise it, and computing every image on
-its own (batch 1) keeps even that from happening between thread counts and
-batch sizes on one machine.
+different table bucket desynchronises it. In float32 that happened to 9 of 80
+held-out streams encoded on 2 threads and decoded on 1, so the pipeline codes
+in float64 (format version 2; see ``CODING_DTYPES`` in the compression
+pipeline) and computes every image on its own (batch 1) on one thread.
 
 Training replaces rounding with uniform noise of the same width (the usual
 relaxation), and the rate is the negative log-probability of the noisy values.
@@ -30,7 +31,7 @@ import torch
 
 from hvae.model import HierarchicalVAE, discretized_gaussian_log_prob
 
-# Format version 1 of .hvz files depends on these exact values: never change them in place.
+# Every .hvz format version so far (1, 2) depends on these exact values: never change them.
 SCALE_TABLE = np.exp(np.linspace(math.log(0.11), math.log(256.0), 64))
 SYMBOL_LIMIT = 1023  # symbols are clamped to [-SYMBOL_LIMIT, SYMBOL_LIMIT] (and a warning says so)
 _SCALE_BOUNDS = torch.from_numpy(np.sqrt(SCALE_TABLE[:-1] * SCALE_TABLE[1:]))
@@ -84,7 +85,7 @@ def encode_symbols(
         raise ValueError("encode one image at a time: batching would change the arithmetic")
     chunks: list[SymbolChunk] = []
     dtype = model.head.weight.dtype
-    steps = torch.tensor([step], dtype=torch.float32)
+    steps = torch.tensor([step], dtype=torch.float32, device=features.device)
 
     def pick(prior_mean, prior_log_scale, posterior_mean):
         symbols = torch.round(posterior_mean - prior_mean)
@@ -115,7 +116,7 @@ def decode_symbols(
     if len(payload) % 4:
         raise ValueError("payload length is not a whole number of 32-bit words")
     coder = constriction.stream.stack.AnsCoder(np.frombuffer(payload, dtype=np.uint32).copy())
-    steps = torch.tensor([step], dtype=torch.float32)
+    steps = torch.tensor([step], dtype=torch.float32, device=model.head.weight.device)
 
     def read(log_scale: torch.Tensor) -> torch.Tensor:
         indexes = scale_indexes(log_scale)
@@ -153,6 +154,7 @@ def rounded_rate_bits(
     mean, log_scale, _ = model.coding_pass(features, steps, pick)
     view = steps.float().view(-1, 1, 1, 1)
     symbols = round_straight_through((features.float() - mean.float()) / view)
+    symbols = symbols.clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT)  # as encode_symbols does
     bits.append(neg_log2_p(symbols, _relative_log_scale(log_scale, steps)))
     return torch.stack(bits).sum(0), mean.float() + view * symbols
 

@@ -18,7 +18,7 @@ import math
 import torch
 
 from hvae.autoencoder import FeatureAutoencoder
-from hvae.codec_settings import TUNINGS
+from hvae.codec_settings import check_tune
 from hvae.entropy import rounded_rate_bits
 from hvae.metrics import MS_SSIM_MIN_SIDE, ms_ssim
 from hvae.model import HierarchicalVAE
@@ -52,9 +52,9 @@ def rd_cost(
     """MSE (8-bit scale) + lambda * bpp of coding ``features`` at ``step`` and decoding them,
     against ``target`` (1, 3, H, W) in [-1, 1], with lambda = ``rd_weight`` * step^2; also
     returns the MSE and bpp themselves. ``tune="ms-ssim"`` puts (1 - MS-SSIM) in the MSE's
-    place (see TUNINGS)."""
+    place (see ``hvae.codec_settings.TUNINGS``)."""
     height, width = target.shape[-2:]
-    bits, rebuilt = rounded_rate_bits(hvae, features, torch.tensor([step]))
+    bits, rebuilt = rounded_rate_bits(hvae, features, torch.tensor([step], device=features.device))
     decoded = stage1.decode_with_grad(rebuilt, bf16=bf16)[..., :height, :width]
     target = target.to(decoded.device)
     mse = ((decoded - target) ** 2).mean() * (255 / 2) ** 2
@@ -86,8 +86,7 @@ def refine_features(
     """
     if features.shape[0] != 1:
         raise ValueError("refine one image at a time")
-    if tune not in TUNINGS:
-        raise ValueError(f"tune must be one of {', '.join(TUNINGS)}, got {tune!r}")
+    check_tune(tune)
     if iterations <= 0:
         return features
     frozen = [p for p in (*hvae.parameters(), *stage1.model.parameters()) if p.requires_grad]

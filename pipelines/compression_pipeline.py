@@ -36,13 +36,19 @@ from hvae.codec import (
     DamagedRecord,
     Record,
 )
-from hvae.codec_settings import DEFAULT_QUALITY, DEFAULT_REFINE_STEPS, QUALITY_LEVELS
+from hvae.codec_settings import (
+    DEFAULT_QUALITY,
+    DEFAULT_REFINE_STEPS,
+    QUALITY_LEVELS,
+    check_refine_steps,
+    check_tune,
+)
 from hvae.data.images import pad_to_multiple, to_pil, to_tensor
 from hvae.entropy import decode_symbols, encode_symbols, pack, symbol_bits
 from hvae.errors import HVAEError
 from hvae.fingerprint import fingerprint
 from hvae.model import HierarchicalVAE
-from hvae.refine import TUNINGS, refine_features
+from hvae.refine import refine_features
 from hvae.training import resolve_precision
 from pipelines.hvae_pipeline import cached_stage1, load_pipeline_folder
 
@@ -67,12 +73,11 @@ CODING_DTYPES = {1: torch.float32, 2: torch.float64}
 def one_thread():
     """Run torch on one thread inside the block.
 
-    Measured on the bundled photo model: decoding the same archive with 1 and 2
-    threads gave features and pixels 1 ulp apart (oneDNN splits one image's sums
-    differently per thread count), enough to flip a rounded pixel now and then.
-    The symbols still decoded identically: the fixed scale table absorbs such
-    differences. Coding and decoding on one thread make the output bit-identical
-    whatever the caller's thread setting, at the cost of the second core.
+    Measured on the bundled photo model: 1 and 2 threads compute one image's sums
+    differently (oneDNN splits them per thread count), enough to flip a rounded
+    pixel now and then, and in float32 to desynchronise 9 of 80 streams (see
+    ``CODING_DTYPES``). Coding and decoding on one thread make the output
+    bit-identical whatever the caller's thread setting, at the cost of the second core.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -80,16 +85,6 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def check_refine_steps(refine_steps: int) -> None:
-    if not isinstance(refine_steps, int) or refine_steps < 0:
-        raise HVAEError(f"refine_steps must be a whole number >= 0, got {refine_steps!r}")
-
-
-def check_tune(tune: str) -> None:
-    if tune not in TUNINGS:
-        raise HVAEError(f"tune must be one of {', '.join(TUNINGS)}, got {tune!r}")
 
 
 def quality_step(quality: int) -> float:
@@ -174,7 +169,10 @@ class HVAECompressionPipeline(DiffusionPipeline):
 
     def coding_model(self, version: int = VERSION) -> HierarchicalVAE:
         """The entropy model in the arithmetic of format ``version`` (a cached copy when that is
-        not the loaded dtype, rebuilt if ``hvae`` is replaced or moved)."""
+        not the loaded dtype, rebuilt if ``hvae`` is replaced or moved; after changing its
+        weights in place, reload the pipeline)."""
+        if version not in CODING_DTYPES:
+            raise HVAEError(f"no entropy-model arithmetic for format version {version}")
         dtype = CODING_DTYPES[version]
         if self.hvae.dtype == dtype:
             return self.hvae

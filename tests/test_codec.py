@@ -209,8 +209,9 @@ def test_cli_decompress_with_another_model_names_both(codec_dir, photo_folder, t
     assert ArchiveReader(archive).fingerprint in err and "this model is" in err
 
 
-def test_version_1_archives_still_decode_in_float32(codec, scenes):
-    """Archives written before the float64 entropy model (format 1) decode as they did."""
+def test_version_1_archives_still_decode_in_float32(codec, scenes, tmp_path, monkeypatch):
+    """Archives written before the float64 entropy model (format 1) decode as they did,
+    through every decoding path, with the float32 model."""
     image = scenes[0]
     step = _STEP.unpack(_STEP.pack(quality_step(3)))[0]
     with torch.no_grad():
@@ -227,3 +228,14 @@ def test_version_1_archives_still_decode_in_float32(codec, scenes):
     assert np.array_equal(np.asarray(decoded), np.asarray(to_pil(expected)[0]))
     assert ArchiveReader(codec.compress([image])).version == 2
     assert codec.coding_model(2).dtype == torch.float64 and codec.coding_model(1) is codec.hvae
+    with pytest.raises(HVAEError, match="format version 3"):
+        codec.coding_model(3)
+
+    versions = []
+    coding_model = codec.coding_model
+    monkeypatch.setattr(codec, "coding_model", lambda v=2: versions.append(v) or coding_model(v))
+    codec.decompress(buffer.getvalue())
+    archive = tmp_path / "old.hvz"
+    archive.write_bytes(buffer.getvalue())
+    summary = codec.decompress_archive(archive, tmp_path / "out", progress=False)
+    assert len(summary.written) == 1 and versions == [1, 1]

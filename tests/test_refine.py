@@ -38,15 +38,16 @@ def test_refinement_lowers_the_rate_distortion_cost_and_leaves_the_models_alone(
     features = codec.features_of(scene)
     target = to_tensor([scene])
     step = 0.5
-    before = [p.clone() for p in codec.hvae.parameters()]
+    models = [*codec.hvae.parameters(), *codec.autoencoder.parameters()]
+    before = [p.clone() for p in models]
     refined = refine_features(
         codec.stage1, codec.hvae, features, target, step, iterations=20, learning_rate=0.1
     )
     start_cost = rd_cost(codec.stage1, codec.hvae, features, target, step, bf16=False)[0].item()
     end_cost = rd_cost(codec.stage1, codec.hvae, refined, target, step, bf16=False)[0].item()
     assert end_cost < 0.97 * start_cost
-    assert all(torch.equal(a, b) for a, b in zip(before, codec.hvae.parameters(), strict=True))
-    assert all(p.grad is None and p.requires_grad for p in codec.hvae.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, models, strict=True))
+    assert all(p.grad is None and p.requires_grad for p in models)
     assert refine_features(codec.stage1, codec.hvae, features, target, step, 0) is features
 
 
@@ -55,15 +56,20 @@ def test_refined_payloads_decode_with_the_same_decoder(codec, scene):
     refined = codec.encode_image(scene, 3, refine_steps=10)
     assert plain != refined
     assert codec.encode_image(scene, 3, refine_steps=10) == refined  # deterministic
-    decoded = codec.decode_image(refined, (scene.height, scene.width))
-    assert decoded.size == scene.size
-    error = np.abs(np.asarray(decoded, dtype=float) - np.asarray(scene, dtype=float)).mean()
-    assert error < 128  # a picture, not noise from a desynchronised stream
+    size = (scene.height, scene.width)
+
+    def error(payload):
+        decoded = np.asarray(codec.decode_image(payload, size), dtype=float)
+        return np.abs(decoded - np.asarray(scene, dtype=float)).mean()
+
+    # a desynchronised stream decodes to noise, far from the unrefined decode's error
+    assert error(refined) < 1.2 * error(plain)
 
 
 def test_bad_refine_steps_are_refused(codec, scene, tmp_path, capsys):
-    with pytest.raises(HVAEError, match="refine_steps"):
-        codec.encode_image(scene, 3, refine_steps=-1)
+    for bad in (-1, True, 2.5):
+        with pytest.raises(HVAEError, match="refine_steps"):
+            codec.encode_image(scene, 3, refine_steps=bad)
     scene.save(tmp_path / "scene.png")
     args = ["compress", str(tmp_path / "scene.png"), "-o", str(tmp_path / "a.hvz")]
     with pytest.raises(SystemExit) as exit_info:
@@ -80,10 +86,11 @@ def test_ms_ssim_tuning_lowers_its_own_cost_and_bad_tunings_are_refused(codec):
     def cost(f, tune):
         return rd_cost(codec.stage1, codec.hvae, f, target, 0.5, False, tune=tune)[0].item()
 
-    assert cost(features, "ms-ssim") != cost(features, "psnr")
     refined = refine_features(
         codec.stage1, codec.hvae, features, target, 0.5, 10, 0.1, tune="ms-ssim"
     )
     assert cost(refined, "ms-ssim") < cost(features, "ms-ssim")
     with pytest.raises(HVAEError, match="tune must be one of"):
         codec.encode_image(scene, 3, tune="ssim")
+    with pytest.raises(HVAEError, match="tune must be one of"):
+        refine_features(codec.stage1, codec.hvae, features, target, 0.5, 1, tune="ssim")

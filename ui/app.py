@@ -27,7 +27,7 @@ import gradio as gr
 from PIL import Image
 
 from hvae.codec import ArchiveError, ArchiveWriter, DamagedRecord, Record
-from hvae.codec_settings import DEFAULT_QUALITY, DEFAULT_REFINE_STEPS
+from hvae.codec_settings import DEFAULT_QUALITY, DEFAULT_REFINE_STEPS, TUNINGS
 from hvae.data.images import load_image, to_tensor
 from hvae.errors import HVAEError
 from pipelines.compression_pipeline import QUALITY_STEPS
@@ -264,6 +264,7 @@ def compress_uploads(
     paths: list[str] | None,
     quality: float,
     refine_steps: float = DEFAULT_REFINE_STEPS,
+    tune: str = "psnr",
 ):
     """Uploads -> (path of the .hvz, rows of the per-image table, the decoded images)."""
     from hvae.rd_benchmark import decode_pillow, image_scores, jpeg_within
@@ -292,7 +293,9 @@ def compress_uploads(
     try:
         with ArchiveWriter(archive, pipe.fingerprint()) as writer:
             for name, image in zip(names, images, strict=True):
-                payload = pipe.encode_image(image, quality, refine_steps=int(refine_steps))
+                payload = pipe.encode_image(
+                    image, quality, refine_steps=int(refine_steps), tune=tune
+                )
                 writer.add(Record(name, image.height, image.width, quality, payload))
                 decoded = pipe.decode_image(payload, (image.height, image.width))
                 decoded_images.append((decoded, name))
@@ -458,6 +461,9 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
                         step=1,
                         label="encoder search (iterations; 0: about 20x faster, larger files)",
                     )
+                    tune = gr.Radio(
+                        list(TUNINGS), value="psnr", label="the search favours (PSNR or MS-SSIM)"
+                    )
                     compress = gr.Button("compress", elem_id="compress")
                     hvz = gr.File(label="archive (.hvz)", elem_id="hvz")
             table = gr.Dataframe(
@@ -545,8 +551,8 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
         )
         # Compression is the heaviest event: one at a time, so slider edits keep a core.
         compress.click(
-            lambda paths, q, r: served(compress_uploads(models, paths, q, r)),
-            [to_compress, quality, refine],
+            lambda paths, q, r, t: served(compress_uploads(models, paths, q, r, t)),
+            [to_compress, quality, refine, tune],
             [hvz, table, compressed],
             api_name="compress",
             concurrency_limit=1,
