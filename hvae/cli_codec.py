@@ -235,9 +235,9 @@ def add_codec_commands(sub, add_training_args, positive_int) -> None:
         "--tune",
         choices=TUNINGS,
         default="psnr",
-        help="what the search trades bits against: psnr (squared error) or ms-ssim (structure; "
-        "on training photos 18 %% fewer bits at equal MS-SSIM than no search, against 9 %% "
-        "for psnr, and 8 %% against 16 %% at equal PSNR) (default: psnr)",
+        help="what the search trades bits against: psnr (squared error) or ms-ssim (structure). "
+        "With 15 iterations on training photos, ms-ssim saved 18 %% of the bits at equal MS-SSIM "
+        "and 8 %% at equal PSNR; psnr saved 9 %% and 16 %% (default: psnr)",
     )
     p.add_argument("--model", default=default_codec_model(), help=model_help)
     p.add_argument(
