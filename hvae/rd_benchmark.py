@@ -236,9 +236,10 @@ def run_rd_benchmark(
     (out_dir / "rd.json").write_text(json.dumps(result, indent=1) + "\n")
     table = format_table(result)
     (out_dir / "rd.md").write_text(table + "\n")
-    plot(curves, out_dir / "rd.png")
+    plotted = plot(curves, out_dir / "rd.png")
     print(table)
-    print(f"wrote {out_dir / 'rd.json'}, {out_dir / 'rd.md'}, {out_dir / 'rd.png'}")
+    written = ["rd.json", "rd.md"] + (["rd.png"] if plotted else [])
+    print("wrote " + ", ".join(str(out_dir / name) for name in written))
     return result
 
 
@@ -335,7 +336,8 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(curves: dict, path: Path) -> None:
+def plot(curves: dict, path: Path) -> bool:
+    """Write the PSNR and MS-SSIM curves to ``path``; False when matplotlib is missing."""
     try:
         import matplotlib
 
@@ -343,7 +345,7 @@ def plot(curves: dict, path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib is not installed (pip install -e '.[bench]'); no plot written")
-        return
+        return False
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for codec, curve in curves.items():
         rates = [p["bpp"] for p in curve]
@@ -358,3 +360,4 @@ def plot(curves: dict, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+    return True
