@@ -89,28 +89,21 @@ def refine_features(
     check_tune(tune)
     if iterations <= 0:
         return features
-    frozen = [p for p in (*hvae.parameters(), *stage1.model.parameters()) if p.requires_grad]
-    for parameter in frozen:
-        parameter.requires_grad_(False)
-    try:
-        current = features.detach().clone().requires_grad_(True)
-        if learning_rate is None:
-            learning_rate = default_learning_rate(iterations)
-        optimizer = torch.optim.Adam([current], lr=learning_rate)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iterations)
-        best_cost, best = math.inf, features
-        with torch.enable_grad():
-            for iteration in range(iterations + 1):  # the last pass only scores the last update
-                cost, _, _ = rd_cost(stage1, hvae, current, target, step, bf16, rd_weight, tune)
-                if cost.item() < best_cost:
-                    best_cost, best = cost.item(), current.detach().clone()
-                if iteration == iterations:
-                    break
-                optimizer.zero_grad(set_to_none=True)
-                cost.backward()
-                optimizer.step()
-                schedule.step()
-        return best
-    finally:
-        for parameter in frozen:
-            parameter.requires_grad_(True)
+    current = features.detach().clone().requires_grad_(True)
+    if learning_rate is None:
+        learning_rate = default_learning_rate(iterations)
+    optimizer = torch.optim.Adam([current], lr=learning_rate)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iterations)
+    best_cost, best = math.inf, features
+    with torch.enable_grad():
+        for iteration in range(iterations + 1):  # the last pass only scores the last update
+            cost, _, _ = rd_cost(stage1, hvae, current, target, step, bf16, rd_weight, tune)
+            if cost.item() < best_cost:
+                best_cost, best = cost.item(), current.detach().clone()
+            if iteration == iterations:
+                break
+            # Only the features' gradient: the models' weights get none, and are left as they are.
+            (current.grad,) = torch.autograd.grad(cost, [current])
+            optimizer.step()
+            schedule.step()
+    return best
