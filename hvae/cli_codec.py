@@ -51,12 +51,13 @@ def cmd_train_codec(args) -> int:
         args.out,
         config,
         preset=args.preset,
-        crop=args.crop,
+        crop=tuple(args.crop),
         scales=tuple(args.scales),
         min_step=args.min_step,
         max_step=args.max_step,
         cache_dir=args.cache_dir,
         resume=not args.no_resume,
+        init_from=args.init_from,
     )
     if process_state().is_main_process:
         print(f"saved the compression pipeline (autoencoder + hvae) to {args.out}")
@@ -183,7 +184,20 @@ def add_codec_commands(sub, add_training_args, positive_int) -> None:
     p.add_argument("--data", required=True, help="folder of training images")
     p.add_argument("--out", required=True, help="output pipeline folder")
     p.add_argument("--preset", default="base", help="entropy-model architecture: base or tiny")
-    p.add_argument("--crop", type=positive_int, default=32, help="feature crop side (default: 32)")
+    p.add_argument(
+        "--init-from",
+        metavar="DIR",
+        help="continue from the entropy model of this compression pipeline folder (its "
+        "architecture replaces --preset); OUT/run checkpoints still take precedence",
+    )
+    p.add_argument(
+        "--crop",
+        type=positive_int,
+        nargs="+",
+        default=[32],
+        help="feature crop side; several sides mix crop shapes, each step drawing its height "
+        "and width from them, with --batch-size crops of the smallest side's area (default: 32)",
+    )
     p.add_argument(
         "--scales",
         type=float,

@@ -90,15 +90,37 @@ def feature_pyramid(
     return maps
 
 
-def crop_sampler(maps: list[torch.Tensor], crop: int, batch_size: int, seed: int):
+def crop_sampler(maps: list[torch.Tensor], crop: int | tuple[int, ...], batch_size: int, seed: int):
+    """Batch ``step`` of random feature crops, a pure function of (seed, step).
+
+    With several crop sides, each step draws its height and width from them, and holds
+    ``batch_size`` crops of the smallest side's area: every step sees about as many
+    feature positions. Only maps that hold a crop are drawn from.
+    """
+    sides = (crop,) if isinstance(crop, int) else tuple(crop)
+    shapes = [(h, w) for h in sides for w in sides] if len(sides) > 1 else [(sides[0],) * 2]
+    fitting = {
+        shape: [m for m in maps if m.shape[-2] >= shape[0] and m.shape[-1] >= shape[1]]
+        for shape in shapes
+    }
+    for (h, w), holding in fitting.items():
+        if not holding:
+            raise HVAEError(
+                f"no training feature map holds a {h}x{w} crop; lower the largest --crop"
+            )
+
     def batch_for_step(step: int) -> torch.Tensor:
         rng = np.random.default_rng([seed, step])
+        # One side keeps the draws of the single-size sampler that earlier runs resume with.
+        h, w = shapes[rng.integers(len(shapes))] if len(shapes) > 1 else shapes[0]
+        count = max(1, round(batch_size * min(sides) ** 2 / (h * w)))
+        candidates = fitting[(h, w)]
         batch = []
-        for _ in range(batch_size):
-            features = maps[rng.integers(len(maps))]
-            top = rng.integers(features.shape[-2] - crop + 1)
-            left = rng.integers(features.shape[-1] - crop + 1)
-            batch.append(features[:, top : top + crop, left : left + crop])
+        for _ in range(count):
+            features = candidates[rng.integers(len(candidates))]
+            top = rng.integers(features.shape[-2] - h + 1)
+            left = rng.integers(features.shape[-1] - w + 1)
+            batch.append(features[:, top : top + h, left : left + w])
         return torch.stack(batch)
 
     return batch_for_step
@@ -126,30 +148,63 @@ def make_rate_loss(min_step: float, max_step: float, seed: int):
     return loss_fn
 
 
+def load_entropy_model(folder: str, in_channels: int) -> HierarchicalVAE:
+    """A saved rate-conditioned HVAE to continue training: a compression pipeline folder
+    (its ``hvae/``) or the model folder itself, or a clear error."""
+    path = Path(folder)
+    if (path / "hvae" / "config.json").is_file():
+        path = path / "hvae"
+    if not (path / "config.json").is_file():
+        raise HVAEError(f"--init-from {folder}: no compression pipeline or HVAE folder there")
+    loaded = HierarchicalVAE.from_pretrained(str(path))
+    # Rebuilt from its public config, so that the model saved at the end does not record
+    # where this one was loaded from ("_name_or_path").
+    model = HierarchicalVAE.from_config(
+        {k: v for k, v in loaded.config.items() if not k.startswith("_")}
+    )
+    model.load_state_dict(loaded.state_dict())
+    if not model.config.rate_conditioned:
+        raise HVAEError(f"--init-from {folder}: its HVAE is not rate-conditioned, not a codec")
+    if model.config.in_channels != in_channels:
+        raise HVAEError(
+            f"--init-from {folder}: its HVAE codes {model.config.in_channels} feature channels, "
+            f"the autoencoder gives {in_channels}"
+        )
+    return model
+
+
 def train_codec(
     autoencoder: str,
     data: str,
     out_dir: str,
     config: TrainConfig,
     preset: str = "base",
-    crop: int = 32,
+    crop: int | tuple[int, ...] = 32,
     scales: tuple[float, ...] = (1.0, 0.5, 0.25),
     min_step: float = 0.1,
     max_step: float = 3.0,
     cache_dir: str = "cache",
     resume: bool = True,
+    init_from: str | None = None,
 ) -> HierarchicalVAE:
     """Train the entropy model on ``autoencoder``'s features of ``data``; save a
-    compression pipeline folder (autoencoder + hvae) to ``out_dir``."""
+    compression pipeline folder (autoencoder + hvae) to ``out_dir``. ``init_from``
+    continues from a saved entropy model (its architecture replaces ``preset``).
+    Several ``crop`` sides mix crop shapes (see ``crop_sampler``), so that the model does not
+    learn one map size: every whole image it codes is larger than a training crop."""
     ae_model = load_autoencoder(autoencoder)
     stage1 = FeatureAutoencoder(ae_model, batch_size=1)
     torch.manual_seed(config.seed)
-    model = make_codec_model(preset, stage1.latent_channels)
-    if crop % model.feature_multiple:
+    if init_from is not None:
+        model = load_entropy_model(init_from, stage1.latent_channels)
+    else:
+        model = make_codec_model(preset, stage1.latent_channels)
+    sides = (crop,) if isinstance(crop, int) else tuple(crop)
+    if any(side % model.feature_multiple for side in sides):
         raise HVAEError(f"--crop must be a multiple of {model.feature_multiple} for this model")
     state = process_state()
     with state.main_process_first():
-        maps = feature_pyramid(stage1, data, scales, crop, cache_dir)
+        maps = feature_pyramid(stage1, data, scales, min(sides), cache_dir)
     config.out_dir = str(Path(out_dir) / "run")
     ema = train(
         model,

@@ -87,6 +87,26 @@ def one_thread():
         torch.set_num_threads(previous)
 
 
+# Photo pipelines bundled before the present one, by fingerprint: a commit that holds each.
+EARLIER_BUNDLED_PHOTO = {
+    "69e016d9e4d60fce": "b249f10",
+    "7c9bd8e5fc245c90": "613ec61",
+    "f236d76c2a475c97": "8190f46",
+}
+
+
+def earlier_bundled_hint(fingerprint: str) -> str:
+    """How to get the model back, when an archive names one this project once bundled."""
+    commit = EARLIER_BUNDLED_PHOTO.get(fingerprint)
+    if commit is None:
+        return ""
+    return (
+        f". It is the photo pipeline this project bundled at commit {commit}: from a clone, "
+        f"`mkdir old && git archive {commit} checkpoints/photo | tar -x -C old`, "
+        "then pass --model old/checkpoints/photo"
+    )
+
+
 def quality_step(quality: int) -> float:
     if not isinstance(quality, int) or not 1 <= quality <= len(QUALITY_STEPS):
         raise HVAEError(
@@ -305,6 +325,7 @@ class HVAECompressionPipeline(DiffusionPipeline):
             raise ArchiveError(
                 f"{reader.path} was written by model {reader.fingerprint}, but this model is {mine}; "
                 "decode it with the model that wrote it (see `hvae info`)"
+                + earlier_bundled_hint(reader.fingerprint)
             )
         return reader
 

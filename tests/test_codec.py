@@ -15,7 +15,7 @@ from hvae.entropy import decode_symbols, encode_symbols, pack
 from hvae.errors import HVAEError
 from hvae.train_codec import make_codec_model
 from pipelines import HVAECompressionPipeline, HVAEPipeline
-from pipelines.compression_pipeline import _STEP, quality_step
+from pipelines.compression_pipeline import _STEP, EARLIER_BUNDLED_PHOTO, quality_step
 from tests.conftest import tiny_autoencoder, tiny_codec, tiny_hvae
 
 
@@ -102,6 +102,16 @@ def test_a_different_model_is_refused_naming_both_fingerprints(codec, scenes):
     with pytest.raises(HVAEError) as error:
         other.decompress(data)
     assert codec.fingerprint() in str(error.value) and other.fingerprint() in str(error.value)
+    assert "git archive" not in str(error.value)  # no model this project ever bundled
+
+
+def test_an_archive_of_an_earlier_bundled_model_says_where_that_model_is(
+    codec, scenes, monkeypatch
+):
+    data = codec.compress(scenes[:1])
+    monkeypatch.setitem(EARLIER_BUNDLED_PHOTO, codec.fingerprint(), "abc1234")
+    with pytest.raises(HVAEError, match="git archive abc1234 checkpoints/photo"):
+        tiny_codec(seed=1).decompress(data)
 
 
 def test_bad_quality_and_non_codec_models_get_clear_errors(codec, scenes, tmp_path):
