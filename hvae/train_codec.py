@@ -90,6 +90,10 @@ def feature_pyramid(
     return maps
 
 
+def crop_sides(crop: int | tuple[int, ...]) -> tuple[int, ...]:
+    return (crop,) if isinstance(crop, int) else tuple(crop)
+
+
 def crop_sampler(maps: list[torch.Tensor], crop: int | tuple[int, ...], batch_size: int, seed: int):
     """Batch ``step`` of random feature crops, a pure function of (seed, step).
 
@@ -97,8 +101,8 @@ def crop_sampler(maps: list[torch.Tensor], crop: int | tuple[int, ...], batch_si
     ``batch_size`` crops of the smallest side's area: every step sees about as many
     feature positions. Only maps that hold a crop are drawn from.
     """
-    sides = (crop,) if isinstance(crop, int) else tuple(crop)
-    shapes = [(h, w) for h in sides for w in sides] if len(sides) > 1 else [(sides[0],) * 2]
+    sides = crop_sides(crop)
+    shapes = [(h, w) for h in sides for w in sides]
     fitting = {
         shape: [m for m in maps if m.shape[-2] >= shape[0] and m.shape[-1] >= shape[1]]
         for shape in shapes
@@ -199,7 +203,7 @@ def train_codec(
         model = load_entropy_model(init_from, stage1.latent_channels)
     else:
         model = make_codec_model(preset, stage1.latent_channels)
-    sides = (crop,) if isinstance(crop, int) else tuple(crop)
+    sides = crop_sides(crop)
     if any(side % model.feature_multiple for side in sides):
         raise HVAEError(f"--crop must be a multiple of {model.feature_multiple} for this model")
     state = process_state()
