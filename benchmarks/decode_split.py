@@ -19,7 +19,7 @@ import torch
 from hvae.cli_codec import load_codec
 from hvae.data.images import find_images, load_image
 from hvae.entropy import decode_symbols
-from pipelines.compression_pipeline import one_thread
+from pipelines.compression_pipeline import _STEP, one_thread
 
 
 def mean_seconds(function, repeats: int) -> float:
@@ -40,19 +40,16 @@ def main() -> None:
     args = parser.parse_args()
     pipe = load_codec(args.model)
     size = (args.size, args.size)
-    stride = pipe.stage1.stride
-    feature_size = (args.size // stride, args.size // stride)
-    if args.size % (stride * pipe.hvae.feature_multiple):
-        parser.error(f"--size must be a multiple of {stride * pipe.hvae.feature_multiple}")
+    feature_size = pipe.feature_size(size)
     rows = {"decode_image": [], "entropy model (1 thread)": [], "stage 1 (1 thread)": []}
     rows[f"stage 1 ({torch.get_num_threads()} threads)"] = []
     for path in find_images([args.data]):
         image = load_image(path).resize(size)
         payload = pipe.encode_image(image, args.quality, refine_steps=0)
-        step = float(np.frombuffer(payload[:4], dtype="<f4")[0])
+        (step,) = _STEP.unpack_from(payload)
 
         def symbols(payload=payload, step=step):
-            return decode_symbols(pipe.coding_model(), payload[4:], step, feature_size)
+            return decode_symbols(pipe.coding_model(), payload[_STEP.size :], step, feature_size)
 
         times = rows["decode_image"]
         times.append(mean_seconds(lambda p=payload: pipe.decode_image(p, size), args.repeats))

@@ -209,10 +209,20 @@ class HVAECompressionPipeline(DiffusionPipeline):
         return fingerprint(self.autoencoder, self.hvae)
 
     # ------------------------------------------------------------ one image
+    @property
+    def pixel_multiple(self) -> int:
+        """Images are padded to a multiple of this: stage 1's stride times the HVAE's own."""
+        return self.stage1.stride * self.hvae.feature_multiple
+
     def features_of(self, image: Image.Image) -> torch.Tensor:
         """Stage-1 features of one image, padded to what both models need (replicated edges)."""
-        multiple = self.stage1.stride * self.hvae.feature_multiple
-        return self.stage1.encode(pad_to_multiple(to_tensor([image]), multiple))
+        return self.stage1.encode(pad_to_multiple(to_tensor([image]), self.pixel_multiple))
+
+    def feature_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """(height, width) of the coded features of an image of ``size``, padded as
+        ``features_of`` pads it."""
+        multiple = self.pixel_multiple
+        return tuple(-(-side // multiple) * (multiple // self.stage1.stride) for side in size)
 
     @torch.no_grad()
     def encode_image(
@@ -270,14 +280,10 @@ class HVAECompressionPipeline(DiffusionPipeline):
         if len(payload) < _STEP.size:
             raise DamagedRecord("payload too short")
         (step,) = _STEP.unpack_from(payload)
-        multiple = self.stage1.stride * self.hvae.feature_multiple
-        feature_size = tuple(
-            -(-side // multiple) * (multiple // self.stage1.stride) for side in size
-        )
         with one_thread():
             try:
                 features = decode_symbols(
-                    self.coding_model(version), payload[_STEP.size :], step, feature_size
+                    self.coding_model(version), payload[_STEP.size :], step, self.feature_size(size)
                 )
             except (ValueError, RuntimeError, OverflowError) as error:
                 raise DamagedRecord(f"undecodable bitstream ({error})") from None
