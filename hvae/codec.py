@@ -5,6 +5,7 @@ Layout (all integers little-endian; the spec is in docs/hvz-format.md):
   header   MAGIC (8) | version u16 | reserved u16 | model fingerprint (16 ASCII) | crc32 u32
   record*  b"HVZR" | body length u32 | body | crc32(body) u32
            body = name length u16 | name (UTF-8) | height u32 | width u32 | quality u8 | payload
+           payload = quantization step f32 | ANS stream (u32 words)
   index    b"HVZI" | count u32 | count x (offset u64 | record length u32) | crc32 u32
   trailer  index offset u64 | b"HVZEND\\0\\0"
 
@@ -12,10 +13,16 @@ Records are written as images finish, so a file cut short still holds every
 record before the cut; readers fall back to a sequential scan when the index
 or trailer is missing or damaged. Every record carries its own CRC, so a
 damaged record is named and skipped while the others decode.
+
+Everything read from a file is checked here, once, before anyone acts on it:
+a field out of range raises ``ArchiveError`` (the file as a whole) or
+``DamagedRecord`` (one record), each naming the field, so decompress, info
+and the UI all refuse crafted files the same way.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import zlib
@@ -24,7 +31,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from hvae.codec_settings import QUALITY_LEVELS
 from hvae.errors import HVAEError
+from hvae.safe_io import (
+    check_image_size,
+    create_exclusive,
+    printable,
+    publish,
+    refuse_existing,
+    safe_relative_name,
+)
 
 MAGIC = b"\x89HVZ\r\n\x1a\n"  # PNG-style: catches text-mode transfers and truncation at byte 1
 # 2: the entropy model computes in float64 (see CODING_DTYPES). 1 (float32) is still read.
@@ -39,7 +55,14 @@ _TRAILER = struct.Struct("<Q8s")
 _RECORD_HEAD = struct.Struct("<4sI")
 _ENTRY = struct.Struct("<QI")
 _FIELDS = struct.Struct("<IIB")
+STEP = struct.Struct("<f")  # the payload's first field
 MAX_NAME_BYTES = 65535
+# Tag, length and CRC: an index entry shorter than that cannot even be checked. (A longer
+# one whose body is too short for its fields is one damaged record, not a damaged index.)
+_MIN_RECORD = _RECORD_HEAD.size + 4
+# A record is flushed as soon as it is written, so a killed process loses none; every
+# this many records it is also fsynced, so a power cut loses at most this many.
+FSYNC_EVERY = 8
 
 
 class ArchiveError(HVAEError):
@@ -50,6 +73,16 @@ class DamagedRecord(HVAEError):
     """One record failed its checks; the others are unaffected."""
 
 
+def split_payload(payload: bytes) -> tuple[float, bytes]:
+    """A payload -> (quantization step, ANS stream), or ``DamagedRecord`` saying what is wrong."""
+    if len(payload) < STEP.size or (len(payload) - STEP.size) % 4:
+        raise DamagedRecord(f"payload of {len(payload)} bytes is not a step and whole 32-bit words")
+    (step,) = STEP.unpack_from(payload)
+    if not (math.isfinite(step) and step > 0):
+        raise DamagedRecord(f"quantization step {step} is not a positive number")
+    return step, payload[STEP.size :]
+
+
 @dataclass
 class Record:
     name: str
@@ -58,10 +91,19 @@ class Record:
     quality: int
     payload: bytes
 
+    def check(self) -> None:
+        """``HVAEError`` naming the first field that no archive may hold."""
+        safe_relative_name(self.name)
+        check_image_size(self.width, self.height)
+        if not 1 <= self.quality <= QUALITY_LEVELS:
+            raise HVAEError(f"quality {self.quality} is not 1 to {QUALITY_LEVELS}")
+        split_payload(self.payload)
+
     def encode(self) -> bytes:
         name = self.name.encode("utf-8")
         if len(name) > MAX_NAME_BYTES:
             raise HVAEError(f"{self.name[:40]}...: name longer than {MAX_NAME_BYTES} bytes")
+        self.check()  # never write what a reader would refuse
         return (
             struct.pack("<H", len(name))
             + name
@@ -71,17 +113,37 @@ class Record:
 
     @classmethod
     def decode(cls, body: bytes) -> Record:
-        (name_length,) = struct.unpack_from("<H", body)
-        name = body[2 : 2 + name_length].decode("utf-8")
-        height, width, quality = _FIELDS.unpack_from(body, 2 + name_length)
-        return cls(name, height, width, quality, body[2 + name_length + _FIELDS.size :])
+        """A record body -> its record, or ``DamagedRecord`` naming the malformed field."""
+        name, fields_at = _read_name(body)
+        if len(body) < fields_at + _FIELDS.size:
+            raise DamagedRecord("the record ends inside its size and quality fields")
+        height, width, quality = _FIELDS.unpack_from(body, fields_at)
+        record = cls(name, height, width, quality, body[fields_at + _FIELDS.size :])
+        try:
+            record.check()
+        except HVAEError as error:
+            raise DamagedRecord(str(error)) from None
+        return record
+
+
+def _read_name(body: bytes) -> tuple[str, int]:
+    """The name a record body holds, and where the fields after it start."""
+    if len(body) < 2:
+        raise DamagedRecord("the record ends inside its name length")
+    (length,) = struct.unpack_from("<H", body)
+    if len(body) < 2 + length:
+        raise DamagedRecord(f"name of {length} bytes is longer than the record")
+    try:
+        return body[2 : 2 + length].decode("utf-8"), 2 + length
+    except UnicodeDecodeError:
+        raise DamagedRecord("the name is not UTF-8") from None
 
 
 def _name_hint(body: bytes) -> str:
     """The name stored in a damaged record, when it still reads as one, to say which image it was."""
     try:
-        return f" ({Record.decode(body).name!r}, as far as it can be read)"
-    except (struct.error, UnicodeDecodeError):
+        return f" ({printable(_read_name(body)[0])!r}, as far as it can be read)"
+    except DamagedRecord:
         return ""
 
 
@@ -89,61 +151,130 @@ def _crc(data: bytes) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
+def partial_path(path: Path) -> Path:
+    """Where an archive is written until it is complete."""
+    return path.with_name(path.name + ".partial")
+
+
 class ArchiveWriter:
     """Streams records into an archive.
 
     Given a path, it writes ``path + '.partial'`` and renames it to ``path`` on
-    ``close``, so a finished archive appears atomically. If the ``with`` block
-    fails, the partial file is kept and stays readable as a truncated archive,
-    so finished work is not lost. Given a binary stream, it writes there.
+    ``close``, so a finished archive appears atomically; an existing ``path`` is
+    refused unless ``overwrite``. The partial file is created at the first record
+    (nothing that held that name before, not even a symlink, is followed or
+    truncated); each record is flushed as it is added. If the ``with`` block fails,
+    the partial file is kept and stays readable as a truncated archive, so finished
+    work is not lost; with ``resume``, a partial file left by an earlier run of the
+    same model is continued: its undamaged leading records are kept (listed in
+    ``resumed``) and new ones appended after them. Given a binary stream, it writes there.
     """
 
-    def __init__(self, target: str | Path | BinaryIO, fingerprint: str, version: int = VERSION):
+    def __init__(
+        self,
+        target: str | Path | BinaryIO,
+        fingerprint: str,
+        version: int = VERSION,
+        overwrite: bool = False,
+        resume: bool = False,
+    ):
         if len(fingerprint) != 16:
             raise ValueError("the model fingerprint must be 16 hex digits")
-        self.path: Path | None = None
-        if isinstance(target, (str, Path)):
-            self.path = Path(target)
-            self.partial = self.path.with_name(self.path.name + ".partial")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file: BinaryIO = open(self.partial, "wb")  # noqa: SIM115  (closed in close/abort)
-        else:
-            self._file = target
-        self._start = self._file.tell()
         if version not in READABLE_VERSIONS:
             raise ValueError(f"cannot write format version {version}")
         header = _HEADER.pack(MAGIC, version, 0, fingerprint.encode("ascii"))
-        self._file.write(header + struct.pack("<I", _crc(header)))
+        self._header = header + struct.pack("<I", _crc(header))
+        self.overwrite = overwrite
+        self.resumed: list[tuple[Record, int]] = []  # (record, its size in bytes)
         self._entries: list[tuple[int, int]] = []
         self._names: set[str] = set()
+        self._file: BinaryIO | None = None  # path targets: opened by _open, closed by close/abort
+        self._resume_at: int | None = None  # where a resumed partial file's records end
+        self.path: Path | None = None
+        if isinstance(target, (str, Path)):
+            self.path = Path(target)
+            self.partial = partial_path(self.path)
+            refuse_existing(self.path, overwrite)
+            if os.path.lexists(self.partial):
+                if not resume:
+                    raise HVAEError(
+                        f"{self.partial} exists: an interrupted run left it. It decodes as it "
+                        "is (hvae decompress); move or delete it to write this archive"
+                    )
+                self._resume(fingerprint, version)
+        else:
+            self._file = target
+            self._start = target.tell()
+            target.write(self._header)
+
+    def _resume(self, fingerprint: str, version: int) -> None:
+        if self.partial.is_symlink():
+            raise HVAEError(f"{self.partial}: is a symlink; this run does not write through it")
+        try:
+            reader = ArchiveReader(self.partial)
+        except ArchiveError as error:
+            raise HVAEError(f"cannot continue {self.partial} ({error}); delete it") from None
+        if (reader.fingerprint, reader.version) != (fingerprint, version):
+            raise HVAEError(
+                f"{self.partial} was started by model {reader.fingerprint} (format version "
+                f"{reader.version}), not this one; delete it or decode it with its own model"
+            )
+        self._resume_at = _HEADER_SIZE
+        for i, record in reader.records():
+            if isinstance(record, DamagedRecord):
+                break  # a record cut short by the kill, and anything after it, is redone
+            self.resumed.append((record, reader.entries[i][1]))
+            self._names.add(record.name)
+            self._entries.append(reader.entries[i])
+            self._resume_at = sum(reader.entries[i])
+
+    def _open(self) -> BinaryIO:
+        """The file, opened at the first write: a run refused before it leaves files as they were."""
+        if self._file is None and self._resume_at is not None:
+            self._file = open(self.partial, "r+b", opener=_no_follow)  # noqa: SIM115
+            self._file.truncate(self._resume_at)  # drops what the kill cut short, or an index
+            self._file.seek(self._resume_at)
+            self._start = 0
+        elif self._file is None:
+            self.partial.parent.mkdir(parents=True, exist_ok=True)
+            self._file = create_exclusive(self.partial)
+            self._start = 0
+            self._file.write(self._header)
+        return self._file
 
     def add(self, record: Record) -> int:
-        """Append one record; returns its size in bytes."""
+        """Append one record and flush it; returns its size in bytes."""
         if record.name in self._names:
-            raise HVAEError(f"{record.name}: two images with this name in one archive")
+            raise HVAEError(f"{printable(record.name)}: two images with this name in one archive")
         body = record.encode()
         data = _RECORD_HEAD.pack(RECORD_TAG, len(body)) + body + struct.pack("<I", _crc(body))
-        self._entries.append((self._file.tell() - self._start, len(data)))
+        file = self._open()
+        self._entries.append((file.tell() - self._start, len(data)))
         self._names.add(record.name)
-        self._file.write(data)
+        file.write(data)
+        file.flush()
+        if self.path is not None and len(self._entries) % FSYNC_EVERY == 0:
+            os.fsync(file.fileno())
         return len(data)
 
     def close(self) -> None:
-        index_offset = self._file.tell() - self._start
+        file = self._open()
+        index_offset = file.tell() - self._start
         index = INDEX_TAG + struct.pack("<I", len(self._entries))
         index += b"".join(_ENTRY.pack(offset, length) for offset, length in self._entries)
-        self._file.write(index + struct.pack("<I", _crc(index)))
-        self._file.write(_TRAILER.pack(index_offset, END_TAG))
-        self._file.flush()
+        file.write(index + struct.pack("<I", _crc(index)))
+        file.write(_TRAILER.pack(index_offset, END_TAG))
+        file.flush()
         if self.path is not None:
-            os.fsync(self._file.fileno())
-            self._file.close()
-            os.replace(self.partial, self.path)
+            os.fsync(file.fileno())
+            file.close()
+            publish(self.partial, self.path, self.overwrite)
 
     def abort(self) -> None:
-        self._file.flush()
-        if self.path is not None:
-            self._file.close()
+        if self._file is not None:
+            self._file.flush()
+            if self.path is not None:
+                self._file.close()
 
     def __enter__(self) -> ArchiveWriter:
         return self
@@ -153,6 +284,10 @@ class ArchiveWriter:
             self.close()
         else:
             self.abort()
+
+
+def _no_follow(path, flags):
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0))
 
 
 class ArchiveReader:
@@ -165,7 +300,10 @@ class ArchiveReader:
             self.path = Path(source)
             if not self.path.is_file():
                 raise ArchiveError(f"{self.path}: no such file")
-            self.data = self.path.read_bytes()
+            try:
+                self.data = self.path.read_bytes()
+            except OSError as error:
+                raise ArchiveError(f"{self.path}: unreadable ({error.strerror})") from None
         if len(self.data) < _HEADER_SIZE or not self.data.startswith(MAGIC):
             raise ArchiveError(f"{self.path}: not an .hvz archive (bad magic bytes)")
         header = self.data[: _HEADER.size]
@@ -177,6 +315,8 @@ class ArchiveReader:
             raise ArchiveError(
                 f"{self.path}: format version {version}; this hvae reads versions {readable}"
             )
+        if not all(c in b"0123456789abcdef" for c in fingerprint):
+            raise ArchiveError(f"{self.path}: the model fingerprint {fingerprint!r} is not hex")
         self.version = version
         self.fingerprint = fingerprint.decode("ascii")
         self.indexed = True
@@ -191,6 +331,9 @@ class ArchiveReader:
         return self.indexed
 
     def _read_index(self) -> list[tuple[int, int]] | None:
+        """The index's entries; None when it is missing or damaged (then records are scanned).
+        An index whose checksum holds but that lists records out of place was written so on
+        purpose or by a bug: ``ArchiveError``."""
         if len(self.data) < _HEADER_SIZE + _TRAILER.size:
             return None
         index_offset, tag = _TRAILER.unpack_from(self.data, len(self.data) - _TRAILER.size)
@@ -198,14 +341,28 @@ class ArchiveReader:
         if tag != END_TAG or not _HEADER_SIZE <= index_offset <= end - 12:
             return None
         index = self.data[index_offset : end - 4]
-        if not index.startswith(INDEX_TAG) or struct.unpack_from("<I", self.data, end - 4)[
-            0
-        ] != _crc(index):
+        (stored,) = struct.unpack_from("<I", self.data, end - 4)
+        if not index.startswith(INDEX_TAG) or stored != _crc(index):
             return None
         (count,) = struct.unpack_from("<I", index, 4)
         if len(index) != 8 + count * _ENTRY.size:
             return None
-        return [_ENTRY.unpack_from(index, 8 + i * _ENTRY.size) for i in range(count)]
+        entries = [_ENTRY.unpack_from(index, 8 + i * _ENTRY.size) for i in range(count)]
+        previous_end = _HEADER_SIZE
+        for i, (offset, size) in enumerate(entries):
+            if size < _MIN_RECORD:
+                problem = f"is {size} bytes long, shorter than any record"
+            elif offset < previous_end:
+                problem = "overlaps the header or the record before it"
+            elif offset + size > index_offset:
+                problem = "runs past the records into the index"
+            else:
+                previous_end = offset + size
+                continue
+            raise ArchiveError(
+                f"{self.path}: index entry {i + 1} (record at byte {offset}, {size} bytes) {problem}"
+            )
+        return entries
 
     def _scan(self) -> list[tuple[int, int]]:
         """Walk records from the header until the first one that is cut short or not a record."""
@@ -239,8 +396,8 @@ class ArchiveReader:
             )
         try:
             return Record.decode(body)
-        except (struct.error, UnicodeDecodeError) as error:
-            raise DamagedRecord(f"{where}: malformed ({error})") from None
+        except DamagedRecord as error:
+            raise DamagedRecord(f"{where}{_name_hint(body)}: malformed: {error}") from None
 
     def records(self) -> Iterator[tuple[int, Record | DamagedRecord]]:
         """Every record in order, with damaged ones yielded as their error instead of raising."""

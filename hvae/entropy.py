@@ -29,7 +29,8 @@ import constriction
 import numpy as np
 import torch
 
-from hvae.model import HierarchicalVAE, discretized_gaussian_log_prob
+from hvae.layers import discretized_gaussian_log_prob
+from hvae.model import HierarchicalVAE
 
 # Every .hvz format version so far (1, 2) depends on these exact values: never change them.
 SCALE_TABLE = np.exp(np.linspace(math.log(0.11), math.log(256.0), 64))
@@ -120,6 +121,11 @@ def decode_symbols(
 
     def read(log_scale: torch.Tensor) -> torch.Tensor:
         indexes = scale_indexes(log_scale)
+        # Every symbol costs some bits (no table std makes one certain), so an encoder's stack
+        # is empty only before its first symbol: an empty coder here means a stream cut
+        # short or forged, and stopping now saves decoding garbage at full size.
+        if indexes.size and coder.is_empty():
+            raise ValueError("the bitstream ended before the image did")
         symbols = coder.decode(_GAUSSIAN, np.zeros(indexes.size), SCALE_TABLE[indexes])
         return torch.from_numpy(symbols.astype(np.float32)).view(log_scale.shape)
 
@@ -127,7 +133,10 @@ def decode_symbols(
         return prior_mean + read(prior_log_scale).to(prior_mean.dtype)
 
     mean, log_scale, _ = model.coding_pass(None, steps, pick, feature_size)
-    return mean + step * read(_relative_log_scale(log_scale, steps)).to(mean.dtype)
+    features = mean + step * read(_relative_log_scale(log_scale, steps)).to(mean.dtype)
+    if not coder.is_empty():
+        raise ValueError("the bitstream goes on after the image ended")
+    return features
 
 
 def rounded_rate_bits(

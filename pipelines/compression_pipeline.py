@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import struct
+import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,15 +26,19 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 from tqdm.auto import tqdm
 
+# archive_info is re-exported from its old home until every caller imports hvae.archive_info.
+from hvae.archive_info import archive_info, bits_per_pixel  # noqa: F401
 from hvae.autoencoder import FeatureAutoencoder
-from hvae.batch import list_inputs, load_all, png_bytes, write_atomically
+from hvae.batch import list_inputs, load_all, png_bytes
 from hvae.codec import (
+    STEP,
     VERSION,
     ArchiveError,
     ArchiveReader,
     ArchiveWriter,
     DamagedRecord,
     Record,
+    split_payload,
 )
 from hvae.codec_settings import (
     DEFAULT_QUALITY,
@@ -43,12 +47,21 @@ from hvae.codec_settings import (
     check_refine_steps,
     check_tune,
 )
-from hvae.data.images import pad_to_multiple, to_pil, to_tensor
+from hvae.data.images import FLATTENED_ALPHA, as_rgb, pad_to_multiple, to_pil, to_tensor
 from hvae.entropy import decode_symbols, encode_symbols, pack, symbol_bits
 from hvae.errors import HVAEError
 from hvae.fingerprint import fingerprint
 from hvae.model import HierarchicalVAE
 from hvae.refine import refine_features
+from hvae.safe_io import (
+    ONE_PATH_ERRNOS,
+    OutputPaths,
+    check_image_size,
+    printable,
+    safe_relative_name,
+    sigterm_as_interrupt,
+    write_file,
+)
 from hvae.training import resolve_precision
 from pipelines.hvae_pipeline import cached_stage1, load_pipeline_folder
 
@@ -60,7 +73,7 @@ from pipelines.hvae_pipeline import cached_stage1, load_pipeline_folder
 QUALITY_STEPS = (1.6, 1.1, 0.75, 0.5, 0.34, 0.23, 0.15, 0.1)
 if len(QUALITY_STEPS) != QUALITY_LEVELS:  # the CLI offers QUALITY_LEVELS without importing torch
     raise ImportError("QUALITY_STEPS and hvae.codec_settings.QUALITY_LEVELS disagree")
-_STEP = struct.Struct("<f")
+_STEP = STEP  # benchmarks/decode_split.py and refine_tuning.py import this name
 # The entropy model's arithmetic per format version. Encoder and decoder must snap every
 # std to the same table entry; where their sums differ in the last bits (another thread
 # count, CPU or GPU), float32 moved a std across a table boundary often enough to break
@@ -117,29 +130,29 @@ def quality_step(quality: int) -> float:
 
 @dataclass
 class CompressionSummary:
-    images: int = 0
+    images: int = 0  # in the archive, resumed ones included
     bytes: int = 0
     pixels: int = 0
     skipped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # compressed, but not quite as given
+    resumed: int = 0  # images kept from the .partial file of an interrupted run
+
+    def add(self, record: Record, size: int) -> None:
+        self.images += 1
+        self.bytes += size
+        self.pixels += record.width * record.height
 
     @property
-    def bpp(self) -> float:
-        return 8 * self.bytes / max(1, self.pixels)
+    def bpp(self) -> float | None:
+        return bits_per_pixel(self.bytes, self.pixels)
 
 
 @dataclass
 class DecompressionSummary:
     written: list[str] = field(default_factory=list)
-    damaged: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)  # not decoded or not written, and why
+    renamed: list[str] = field(default_factory=list)  # "NAME -> PATH": another took its path
     complete: bool = True  # False when the archive had no valid index (cut short)
-
-
-def _safe_relative(name: str) -> Path:
-    """An archive's record name as a relative output path; names that climb out are refused."""
-    path = PurePosixPath(name)
-    if not name or path.is_absolute() or ".." in path.parts or "\\" in name:
-        raise DamagedRecord(f"{name!r}: not a safe relative name")
-    return Path(*path.parts)
 
 
 @dataclass
@@ -156,11 +169,20 @@ class CompressJob:
         by_size, results = load_all(items)
         for group in by_size.values():
             for item, image in group:
-                payload = pipe.encode_image(
-                    image, self.quality, refine_steps=self.refine_steps, tune=self.tune
-                )
-                record = Record(item["item"], image.height, image.width, self.quality, payload)
-                results.append({"item": item["item"], "data": record.encode(), "error": None})
+                result = {"item": item["item"], "data": None, "error": None, "warning": None}
+                try:
+                    payload = pipe.encode_image(
+                        image, self.quality, refine_steps=self.refine_steps, tune=self.tune
+                    )
+                    record = Record(item["item"], image.height, image.width, self.quality, payload)
+                    result["data"] = record.encode()
+                except HVAEError as error:
+                    result["error"] = f"{item['path']}: {error}"
+                if image.info.get(FLATTENED_ALPHA):
+                    result["warning"] = (
+                        f"{item['path']}: transparent pixels were composited onto white"
+                    )
+                results.append(result)
         return results
 
 
@@ -241,7 +263,9 @@ class HVAECompressionPipeline(DiffusionPipeline):
         step = _STEP.unpack(_STEP.pack(quality_step(quality)))[0]  # exactly what decode reads
         check_refine_steps(refine_steps)
         check_tune(tune)
-        image = image.convert("RGB")
+        # Refused here with the limit every decoder applies, so no archive holds what none decodes.
+        check_image_size(image.width, image.height, self.pixel_multiple)
+        image = as_rgb(image)
         with one_thread():
             # The search runs on one thread too, although no decoder repeats it: on 2 cores it
             # was only 1.3x faster on two, and one thread keeps an archive the same whatever
@@ -276,14 +300,18 @@ class HVAECompressionPipeline(DiffusionPipeline):
         self, payload: bytes, size: tuple[int, int], version: int = VERSION
     ) -> Image.Image:
         """Payload and original (height, width) -> the decoded image; ``version`` is the format
-        version of the archive it came from (it sets the entropy model's arithmetic)."""
-        if len(payload) < _STEP.size:
-            raise DamagedRecord("payload too short")
-        (step,) = _STEP.unpack_from(payload)
+        version of the archive it came from (it sets the entropy model's arithmetic). A size
+        over the limits (``check_image_size``, at this model's padding) is refused before
+        anything is allocated, as is a payload that is not a step and a stream."""
+        step, stream = split_payload(payload)
+        try:
+            check_image_size(size[1], size[0], self.pixel_multiple)
+        except HVAEError as error:
+            raise DamagedRecord(str(error)) from None
         with one_thread():
             try:
                 features = decode_symbols(
-                    self.coding_model(version), payload[_STEP.size :], step, self.feature_size(size)
+                    self.coding_model(version), stream, step, self.feature_size(size)
                 )
             except (ValueError, RuntimeError, OverflowError) as error:
                 raise DamagedRecord(f"undecodable bitstream ({error})") from None
@@ -306,7 +334,6 @@ class HVAECompressionPipeline(DiffusionPipeline):
         buffer = io.BytesIO()
         with ArchiveWriter(buffer, self.fingerprint()) as writer:
             for name, image in zip(names, images, strict=True):
-                image = image.convert("RGB")
                 payload = self.encode_image(image, quality, refine_steps=refine_steps, tune=tune)
                 writer.add(Record(name, image.height, image.width, quality, payload))
         return buffer.getvalue()
@@ -345,51 +372,67 @@ class HVAECompressionPipeline(DiffusionPipeline):
         compute: Callable | None = None,
         refine_steps: int = DEFAULT_REFINE_STEPS,
         tune: str = "psnr",
+        overwrite: bool = False,
     ) -> CompressionSummary:
         """Files and folders (recursive) -> one archive, records in input order. Unreadable
-        files are skipped and reported. ``compute(job, items)`` yields the job's results from
-        elsewhere (``hvae.distributed.map_on_ray``); by default this process computes them."""
+        files are skipped and reported; if none is left, nothing is written (``HVAEError``).
+        An existing ``out`` is refused before any work unless ``overwrite``.
+
+        Each record is flushed as it finishes, and SIGTERM stops the run as Ctrl-C does, so an
+        interrupted run leaves ``out.partial`` holding every finished image. Rerunning the
+        same command continues it (``summary.resumed`` images kept); a ``.partial`` of
+        another model, quality or set of inputs is refused, never truncated.
+        ``compute(job, items)`` yields the job's results from elsewhere
+        (``hvae.distributed.map_on_ray``); by default this process computes them."""
         quality_step(quality)
         check_refine_steps(refine_steps)
         check_tune(tune)
-        job = CompressJob(quality, refine_steps, tune)
-        items = [
-            {"item": image.name + Path(image.path).suffix, "path": image.path}
-            for image in list_inputs(list(inputs))
-        ]
-        if compute is None:
-            results = (result for item in items for result in job.compute(self, [item]))
-        else:
-            results = compute(job, items)
+        out = Path(out)
         summary = CompressionSummary()
-        position = {item["item"]: i for i, item in enumerate(items)}
-        waiting: dict[int, dict] = {}
-        next_index = 0
-        bar = tqdm(
-            total=len(items),
-            desc="compressing",
-            unit="img",
-            disable=not progress,
-            dynamic_ncols=True,
-        )
-        with ArchiveWriter(out, self.fingerprint()) as writer:
-            for result in results:
-                # Workers may finish out of order; records are written in input order, so the
-                # order does not depend on how the work was split.
-                waiting[position[result["item"]]] = result
-                while next_index in waiting:
-                    done = waiting.pop(next_index)
-                    next_index += 1
+        items = []
+        for image in list_inputs(list(inputs)):
+            name = image.name + Path(image.path).suffix
+            try:
+                safe_relative_name(name)
+            except HVAEError as error:
+                summary.skipped.append(
+                    f"{printable(image.path)}: not a name an archive can hold ({error})"
+                )
+                continue
+            items.append({"item": name, "path": image.path})
+        job = CompressJob(quality, refine_steps, tune)
+        with (
+            sigterm_as_interrupt(),
+            ArchiveWriter(out, self.fingerprint(), overwrite=overwrite, resume=True) as writer,
+        ):
+            items = _items_left(writer, items, quality, summary)
+            if compute is None:
+                results = (result for item in items for result in job.compute(self, [item]))
+            else:
+                results = compute(job, items) if items else []
+            bar = tqdm(
+                total=len(items),
+                desc="compressing",
+                unit="img",
+                disable=not progress,
+                dynamic_ncols=True,
+            )
+            with contextlib.closing(bar):
+                for done in _in_input_order(results, items):
                     bar.update()
+                    if done.get("warning"):
+                        summary.warnings.append(done["warning"])
                     if done["error"] is not None:
                         summary.skipped.append(done["error"])
                         continue
                     record = Record.decode(done["data"])
-                    summary.bytes += writer.add(record)
-                    summary.images += 1
-                    summary.pixels += record.width * record.height
+                    summary.add(record, writer.add(record))
                     bar.set_postfix(bpp=f"{summary.bpp:.3f}")
-        bar.close()
+            if not summary.images:
+                reasons = "; ".join(summary.skipped[:3])
+                raise HVAEError(
+                    f"none of the inputs could be compressed, so {out} was not written: {reasons}"
+                )
         return summary
 
     def decompress_archive(
@@ -398,73 +441,103 @@ class HVAECompressionPipeline(DiffusionPipeline):
         out_dir: str | Path,
         only: Sequence[str] | None = None,
         progress: bool = True,
+        overwrite: bool = False,
     ) -> DecompressionSummary:
-        """Archive -> PNG files under ``out_dir``; damaged records are named and skipped."""
+        """Archive -> PNG files under ``out_dir``; damaged records are named and skipped.
+
+        Every name was checked when the archive was parsed (``safe_relative_name``: nothing
+        outside ``out_dir``). Two records that would write one file (compared ignoring case)
+        do not overwrite each other: the later gets ``-2``, ``-3``... (``summary.renamed``).
+        Existing files are refused before anything is decoded, unless ``overwrite``; names
+        missing from ``only`` too."""
         reader = self.open_archive(archive)
         summary = DecompressionSummary(complete=reader.complete)
-        wanted = set(only) if only else None
-        found = set()
-        bar = tqdm(
-            reader.records(),
-            total=len(reader),
-            desc="decompressing",
-            unit="img",
-            disable=not progress,
-            dynamic_ncols=True,
-        )
-        for _, record in bar:
-            if isinstance(record, DamagedRecord):
-                summary.damaged.append(str(record))
-                continue
-            if wanted is not None and record.name not in wanted:
-                continue
-            found.add(record.name)
+        plan = _output_plan(reader, Path(out_dir), only, summary)
+        if not overwrite:
+            existing = [str(target) for _, target in plan if os.path.lexists(target)]
+            if existing:
+                raise HVAEError(
+                    f"{len(existing)} of the outputs exist already, e.g. {existing[0]}; "
+                    "choose another folder or overwrite them (--force)"
+                )
+        bar = tqdm(plan, desc="decompressing", unit="img", disable=not progress, dynamic_ncols=True)
+        for record, target in bar:
             try:
-                target = Path(out_dir) / _safe_relative(record.name).with_suffix(".png")
                 image = self.decode_image(
                     record.payload, (record.height, record.width), reader.version
                 )
+                write_file(target, png_bytes(image), overwrite=overwrite)
             except DamagedRecord as error:
-                summary.damaged.append(f"{record.name}: {error}")
+                summary.damaged.append(f"{printable(record.name)}: {error}")
                 continue
-            write_atomically(target, png_bytes(image))
+            except OSError as error:
+                if error.errno not in ONE_PATH_ERRNOS:
+                    raise HVAEError(f"cannot write {target}: {error.strerror}") from None
+                summary.damaged.append(
+                    f"{printable(record.name)}: cannot write {printable(str(target))}: "
+                    f"{error.strerror}"
+                )
+                continue
             summary.written.append(str(target))
-        if wanted is not None and wanted - found:
-            missing = sorted(wanted - found)
-            raise HVAEError(f"not in the archive (or damaged): {', '.join(missing)}")
         return summary
 
 
-def archive_info(archive: str | Path) -> dict:
-    """Per-image bytes and bpp, totals and the model fingerprint; needs no model."""
-    reader = ArchiveReader(archive)
-    images, damaged = [], []
-    for i, record in reader.records():
+def _items_left(
+    writer: ArchiveWriter, items: list[dict], quality: int, summary: CompressionSummary
+) -> list[dict]:
+    """The items still to compress once the records an interrupted run left in ``writer``'s
+    ``.partial`` file are counted in; that file must come from the same inputs and quality
+    (other settings, such as refine steps, are not stored and are the caller's to keep)."""
+    names = {item["item"] for item in items}
+    for record, size in writer.resumed:
+        if record.name not in names or record.quality != quality:
+            raise HVAEError(
+                f"{writer.partial} holds {printable(record.name)!r} at quality {record.quality}, "
+                f"left by an interrupted run with other inputs or quality: rerun that command to "
+                "finish it, decode it as it is (hvae decompress), or delete it to start again"
+            )
+        summary.add(record, size)
+    summary.resumed = len(writer.resumed)
+    done = {record.name for record, _ in writer.resumed}
+    return [item for item in items if item["item"] not in done]
+
+
+def _in_input_order(results: Iterable[dict], items: list[dict]) -> Iterable[dict]:
+    """Results as workers finish them (in any order) -> in the items' order, so that an
+    archive's record order does not depend on how the work was split."""
+    position = {item["item"]: i for i, item in enumerate(items)}
+    waiting: dict[int, dict] = {}
+    next_index = 0
+    for result in results:
+        waiting[position[result["item"]]] = result
+        while next_index in waiting:
+            yield waiting.pop(next_index)
+            next_index += 1
+
+
+def _output_plan(
+    reader: ArchiveReader, out_dir: Path, only: Sequence[str] | None, summary: DecompressionSummary
+) -> list[tuple[Record, Path]]:
+    """(record, output path) for each record to decode; damaged records go to ``summary``."""
+    wanted = set(only) if only else None
+    plan, found, paths = [], set(), OutputPaths()
+    for _, record in reader.records():
         if isinstance(record, DamagedRecord):
-            damaged.append(str(record))
+            summary.damaged.append(str(record))
             continue
-        size = reader.entries[i][1]
-        pixels = record.height * record.width
-        images.append(
-            {
-                "name": record.name,
-                "width": record.width,
-                "height": record.height,
-                "quality": record.quality,
-                "bytes": size,
-                "bpp": 8 * size / pixels,
-            }
-        )
-    total_bytes = len(reader.data)
-    total_pixels = sum(i["width"] * i["height"] for i in images)
-    return {
-        "archive": str(archive),
-        "fingerprint": reader.fingerprint,
-        "format_version": reader.version,
-        "complete": reader.complete,
-        "images": images,
-        "damaged": damaged,
-        "total_bytes": total_bytes,
-        "total_pixels": total_pixels,
-        "bpp": 8 * total_bytes / max(1, total_pixels),
-    }
+        if wanted is not None and record.name not in wanted:
+            continue
+        found.add(record.name)
+        own = PurePosixPath(record.name).with_suffix(".png")
+        try:
+            target = paths.claim(own)
+        except HVAEError as error:
+            summary.damaged.append(f"{printable(record.name)}: {error}")
+            continue
+        if target != own:
+            summary.renamed.append(f"{printable(record.name)} -> {printable(str(target))}")
+        plan.append((record, out_dir.joinpath(*target.parts)))
+    if wanted is not None and wanted - found:
+        missing = sorted(wanted - found)
+        raise HVAEError(f"not in the archive (or damaged): {', '.join(missing)}")
+    return plan

@@ -1,6 +1,9 @@
 """Entropy coding and the compression pipeline, on tiny untrained models."""
 
 import io
+import os
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -8,14 +11,14 @@ import torch
 from PIL import Image
 
 from hvae.cli import main
-from hvae.codec import ArchiveReader, ArchiveWriter, Record
-from hvae.data.images import to_pil
+from hvae.codec import STEP, ArchiveReader, ArchiveWriter, DamagedRecord, Record
+from hvae.data.images import FLATTENED_ALPHA, as_rgb, to_pil
 from hvae.data.shapes import ShapesDataset
 from hvae.entropy import decode_symbols, encode_symbols, pack
 from hvae.errors import HVAEError
 from hvae.train_codec import make_codec_model
 from pipelines import HVAECompressionPipeline, HVAEPipeline
-from pipelines.compression_pipeline import _STEP, EARLIER_BUNDLED_PHOTO, quality_step
+from pipelines.compression_pipeline import EARLIER_BUNDLED_PHOTO, quality_step
 from tests.conftest import tiny_autoencoder, tiny_codec, tiny_hvae
 
 
@@ -223,11 +226,11 @@ def test_version_1_archives_still_decode_in_float32(codec, scenes, tmp_path, mon
     """Archives written before the float64 entropy model (format 1) decode as they did,
     through every decoding path, with the float32 model."""
     image = scenes[0]
-    step = _STEP.unpack(_STEP.pack(quality_step(3)))[0]
+    step = STEP.unpack(STEP.pack(quality_step(3)))[0]
     with torch.no_grad():
         features = codec.features_of(image)
         chunks, rebuilt = encode_symbols(codec.hvae, features, step)
-    payload = _STEP.pack(step) + pack(chunks)
+    payload = STEP.pack(step) + pack(chunks)
     buffer = io.BytesIO()
     with ArchiveWriter(buffer, codec.fingerprint(), version=1) as writer:
         writer.add(Record("old", image.height, image.width, 3, payload))
@@ -249,3 +252,172 @@ def test_version_1_archives_still_decode_in_float32(codec, scenes, tmp_path, mon
     archive.write_bytes(buffer.getvalue())
     summary = codec.decompress_archive(archive, tmp_path / "out", progress=False)
     assert len(summary.written) == 1 and versions == [1, 1]
+
+
+# ---------------------------------------------------------------- hardening
+def test_colliding_names_are_renamed_and_existing_outputs_refused_before_work(
+    codec, scenes, tmp_path, monkeypatch
+):
+    names = ["a.jpg", "a.png", "A.PNG", "d/x.png"]
+    archive = tmp_path / "names.hvz"
+    archive.write_bytes(codec.compress(scenes, quality=2, names=names, refine_steps=0))
+    out = tmp_path / "out"
+    summary = codec.decompress_archive(archive, out, progress=False)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
+        "A-3.png",
+        "a-2.png",
+        "a.png",
+        "d/x.png",
+    ]
+    assert summary.renamed == ["a.png -> a-2.png", "A.PNG -> A-3.png"]
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    (out / "d" / "x.png").unlink()
+    (out / "d" / "x.png").symlink_to(victim)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded before refusing")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(codec, "decode_image", no_decoding)
+        with pytest.raises(HVAEError, match="4 of the outputs exist already"):
+            codec.decompress_archive(archive, out, progress=False)
+    summary = codec.decompress_archive(archive, out, progress=False, overwrite=True)
+    assert len(summary.written) == 4 and victim.read_bytes() == b"keep me"
+    assert not (out / "d" / "x.png").is_symlink()
+
+
+def test_exact_duplicate_names_in_a_crafted_archive_do_not_overwrite(codec, scenes, tmp_path):
+    from tests.test_archive import crafted_archive
+
+    body = Record("same", scenes[0].height, scenes[0].width, 3, codec.encode_image(scenes[0], 3))
+    archive = tmp_path / "dup.hvz"
+    archive.write_bytes(
+        crafted_archive([body.encode()] * 2, fingerprint=codec.fingerprint().encode())
+    )
+    summary = codec.decompress_archive(archive, tmp_path / "out", progress=False)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["same-2.png", "same.png"]
+    assert summary.renamed == ["same -> same-2.png"]
+
+
+def test_declared_sizes_are_checked_at_the_models_padding_before_decoding(codec, scenes):
+    payload = codec.encode_image(scenes[0], 3, refine_steps=0)
+    started = time.perf_counter()
+    # 8001 rows pad to 8032 at the tiny codec's multiple of 32: 64.3 MP, over the limit.
+    with pytest.raises(DamagedRecord, match=r"8000x8001 \(padded to 8000x8032\).*over the limit"):
+        codec.decode_image(payload, (8001, 8000))
+    assert time.perf_counter() - started < 1
+
+
+def test_a_stream_cut_short_or_too_long_is_a_damaged_record(codec, scenes):
+    image = scenes[0]
+    payload = codec.encode_image(image, 3, refine_steps=0)
+    size = (image.height, image.width)
+    with pytest.raises(DamagedRecord, match="ended before the image did"):
+        codec.decode_image(payload[:4], size)
+    with pytest.raises(DamagedRecord, match="goes on after the image"):
+        codec.decode_image(payload, (image.height // 2, image.width // 2))
+
+
+@pytest.fixture
+def three_photos(tmp_path, scenes):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, scene in enumerate(scenes[:3]):
+        scene.save(folder / f"p{i}.png")
+    return folder
+
+
+def test_compress_refuses_an_existing_output_and_writes_nothing_when_all_fail(
+    codec, three_photos, tmp_path, monkeypatch
+):
+    out = tmp_path / "x.hvz"
+    out.write_bytes(b"old")
+    with monkeypatch.context() as patch:
+        patch.setattr(codec, "encode_image", lambda *a, **k: pytest.fail("encoded first"))
+        with pytest.raises(HVAEError, match="exists already"):
+            codec.compress_files([str(three_photos)], out, progress=False)
+    summary = codec.compress_files(
+        [str(three_photos)], out, progress=False, refine_steps=0, overwrite=True
+    )
+    assert summary.images == 3 and len(ArchiveReader(out)) == 3
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.png").write_bytes(b"not a png")
+    with pytest.raises(HVAEError, match="none of the inputs could be compressed.*a.png"):
+        codec.compress_files([str(broken)], tmp_path / "none.hvz", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("none")) == []
+
+
+def test_oversized_and_unnameable_inputs_are_skipped_not_fatal(
+    codec, scenes, tmp_path, monkeypatch
+):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, size in (("small.png", (30, 30)), ("wide.png", (40, 30)), ("bad\x1b.png", (8, 8))):
+        scenes[0].resize(size).save(folder / name)
+    # At the tiny codec's multiple of 32, small pads to 32x32 (1024) and wide to 64x32 (2048).
+    monkeypatch.setattr("hvae.safe_io.MAX_PIXELS", 1500)
+    summary = codec.compress_files(
+        [str(folder)], tmp_path / "s.hvz", progress=False, refine_steps=0
+    )
+    assert summary.images == 1 and len(summary.skipped) == 2
+    assert any("wide.png: 40x30 (padded to 64x32)" in s for s in summary.skipped)
+    assert any("bad\\x1b.png" in s and "control character" in s for s in summary.skipped)
+
+
+def test_an_interrupted_compress_keeps_its_records_and_a_rerun_finishes_it(
+    codec, three_photos, tmp_path
+):
+    def terminated_after_two(job, items):
+        for i, item in enumerate(items):
+            if i == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler interrupts this
+            yield from job.compute(codec, [item])
+
+    out = tmp_path / "k.hvz"
+    arguments = {"progress": False, "refine_steps": 0, "quality": 3}
+    with pytest.raises(KeyboardInterrupt):
+        codec.compress_files([str(three_photos)], out, compute=terminated_after_two, **arguments)
+    partial = tmp_path / "k.hvz.partial"
+    assert len(ArchiveReader(partial)) == 2 and not out.exists()
+    size = partial.stat().st_size
+    with pytest.raises(HVAEError, match="interrupted run with other inputs or quality"):
+        codec.compress_files([str(three_photos)], out, **(arguments | {"quality": 4}))
+    assert partial.stat().st_size == size  # refused, not truncated
+    summary = codec.compress_files([str(three_photos)], out, **arguments)
+    assert (summary.resumed, summary.images) == (2, 3) and not partial.exists()
+    fresh = tmp_path / "fresh.hvz"
+    assert summary.bytes == codec.compress_files([str(three_photos)], fresh, **arguments).bytes
+    assert out.read_bytes() == fresh.read_bytes()
+
+
+def test_transparent_pixels_are_composited_onto_white_with_a_warning(codec, scenes, tmp_path):
+    rgba = scenes[0].convert("RGBA")
+    rgba.putalpha(Image.new("L", rgba.size, 0))  # fully transparent
+    flat = as_rgb(rgba)
+    assert flat.getextrema() == ((255, 255), (255, 255), (255, 255))
+    assert flat.info.get(FLATTENED_ALPHA) and not as_rgb(scenes[0].convert("RGBA")).info
+    folder = tmp_path / "alpha"
+    folder.mkdir()
+    rgba.save(folder / "clear.png")
+    scenes[1].convert("RGBA").save(folder / "opaque.png")
+    summary = codec.compress_files([str(folder)], tmp_path / "a.hvz", progress=False)
+    assert summary.warnings == [
+        f"{folder / 'clear.png'}: transparent pixels were composited onto white"
+    ]
+
+
+def test_outputs_in_each_others_way_are_reported_not_fatal(codec, scenes, tmp_path):
+    """Was FileExistsError / IsADirectoryError, ending the whole run."""
+    names = ["x", "x.png/y", "z", "w"]
+    archive = tmp_path / "way.hvz"
+    archive.write_bytes(codec.compress(scenes, quality=2, names=names, refine_steps=0))
+    out = tmp_path / "out"
+    (out / "z.png").mkdir(parents=True)  # a folder where an image goes
+    summary = codec.decompress_archive(archive, out, progress=False, overwrite=True)
+    assert sorted(p.name for p in out.rglob("*.png") if p.is_file()) == ["w.png", "x.png"]
+    assert any(m.startswith("x.png/y: ") and "another image's output" in m for m in summary.damaged)
+    assert any(m.startswith("z: cannot write") for m in summary.damaged)

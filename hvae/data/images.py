@@ -11,13 +11,34 @@ from PIL import Image, UnidentifiedImageError
 
 from hvae.errors import HVAEError
 
+# The one size check (also run by the archive parser, which must not import torch, hence
+# its home); callers that know their model's pixel multiple pass it.
+from hvae.safe_io import MAX_PIXELS, check_image_size
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-# Refuse images whose pixel count could exhaust memory (decompression bombs).
-MAX_PIXELS = 64_000_000
+# Set in ``Image.info`` of images whose transparent pixels ``as_rgb`` painted onto white.
+FLATTENED_ALPHA = "hvae_flattened_alpha"
 
 
-def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Open ``path`` as an RGB image, or raise ``HVAEError`` saying why not."""
+def as_rgb(image: Image.Image) -> Image.Image:
+    """``image`` in RGB. Transparent pixels are composited onto white, as a browser or viewer
+    shows them on a white page (converting straight to RGB would keep whatever color they
+    hide, often black); the result then carries ``info[FLATTENED_ALPHA]``."""
+    if image.mode == "RGB" or not image.has_transparency_data:
+        return image.convert("RGB")
+    rgba = image.convert("RGBA")
+    if rgba.getchannel("A").getextrema()[0] == 255:  # an alpha channel, but all opaque
+        return rgba.convert("RGB")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    flat = Image.alpha_composite(white, rgba).convert("RGB")
+    flat.info[FLATTENED_ALPHA] = True
+    return flat
+
+
+def load_image(path: str | Path, max_pixels: int = MAX_PIXELS, multiple: int = 1) -> Image.Image:
+    """Open ``path`` as an RGB image (transparency composited onto white, see ``as_rgb``), or
+    raise ``HVAEError`` saying why not; sizes are checked with ``check_image_size`` before
+    the pixels are decoded."""
     path = Path(path)
     if not path.exists():
         raise HVAEError(f"{path}: no such file")
@@ -25,12 +46,11 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise HVAEError(f"{path}: is a folder, expected an image file")
     try:
         with Image.open(path) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise HVAEError(
-                    f"{path}: {width}x{height} pixels is over the limit of {max_pixels}"
-                )
-            return image.convert("RGB")
+            try:
+                check_image_size(*image.size, multiple=multiple, max_pixels=max_pixels)
+            except HVAEError as error:
+                raise HVAEError(f"{path}: {error}") from None
+            return as_rgb(image)
     except UnidentifiedImageError:
         raise HVAEError(f"{path}: not an image that Pillow can read") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
@@ -84,7 +104,7 @@ def to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
     sizes = {image.size for image in images}
     if len(sizes) > 1:
         raise HVAEError(f"images in one batch must share a size, got {sorted(sizes)}")
-    arrays = np.stack([np.asarray(image.convert("RGB"), dtype=np.uint8) for image in images])
+    arrays = np.stack([np.asarray(as_rgb(image), dtype=np.uint8) for image in images])
     return torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
