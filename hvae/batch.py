@@ -7,10 +7,14 @@ and a Ray cluster (``hvae.distributed``) alike:
     the work items still to do, as small JSON-able dicts;
 ``compute(pipe, items)``
     a pure function from items to results (PNG or safetensors bytes, or an
-    error message); it runs on the local pipeline or on remote workers;
+    error message); it runs on the local pipeline or on remote workers, and
+    yields each result as soon as its forward pass is done, so that the
+    progress bar moves per image rather than per unit of work;
 ``record(manifest, result)``
-    run by the driver only: writes the result atomically, then appends its
-    manifest line.
+    run by the driver only: appends the result's manifest line, then writes
+    its file atomically. In that order a kill never leaves an output that no
+    line claims (which a rerun would have to refuse as someone else's); a
+    line whose file is missing just means its item is redone.
 
 A result depends only on its item and the model, never on the batch it was
 computed in or on the worker that computed it. That is what makes resumed,
@@ -25,181 +29,57 @@ on the bundled model at 64 and 256 pixels), because oneDNN then splits the
 work across the batch rather than inside one image's sums. A rerun reads the manifest and
 skips finished items; inputs that failed are recorded with their error and
 tried again on the next run.
+
+Outputs are safe to write into a shared folder: names read from a codes
+folder must be plain relative paths (``safe_relative_name``), no two items of
+a job write one file, files are written without following symlinks
+(``write_file``), and a file already in the way that this job did not write
+(another job's output, or an input) is refused before any work, unless the job
+was made with ``overwrite=True``. A job is its kind and settings (model,
+seed, edits...): a rerun of the same job resumes in its folder, any other is
+refused there. The manifest, the naming of inputs and the driver that records
+results are in ``hvae.batch_base``.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import os
+import re
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
-from hvae.data.images import find_images, load_image
+from hvae.batch_base import (
+    MANIFEST,
+    MAX_INPUT_PIXELS,
+    BatchJob,
+    JobSummary,
+    Manifest,
+    PngPerInputJob,
+    drive,
+    failed_result,
+    group_results,
+    in_micro_batches,
+    list_inputs,
+    load_all,
+    png_bytes,
+    read_manifest,
+    refuse_shared_outputs,
+    start_job,
+)
 from hvae.errors import HVAEError
-
-MANIFEST = "manifest.jsonl"
-MICRO_BATCH = 16
-
-
-def in_micro_batches(items: list, fn) -> list:
-    """``fn(items) -> per-item outputs``, always called on exactly ``MICRO_BATCH`` items."""
-    outputs = []
-    for start in range(0, len(items), MICRO_BATCH):
-        chunk = items[start : start + MICRO_BATCH]
-        padded = chunk + [chunk[-1]] * (MICRO_BATCH - len(chunk))
-        outputs += list(fn(padded))[: len(chunk)]
-    return outputs
-
-
-# ---------------------------------------------------------------- the manifest
-def read_manifest(path: Path) -> list[dict]:
-    """Records of a manifest; a last line cut short by a crash is dropped (its item is redone)."""
-    if not path.exists():
-        return []
-    records = []
-    lines = path.read_text().splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines):
-                break
-            raise HVAEError(f"{path}: line {number} is not valid JSON") from None
-    return records
-
-
-class Manifest:
-    """Append-only JSONL log of finished items in ``folder``.
-
-    ``settings`` (model fingerprint, seed, edits, ...) go into every line, and
-    a folder written with other settings is refused rather than silently mixed.
-    """
-
-    def __init__(self, folder: Path, settings: dict[str, Any], key: str):
-        self.folder, self.settings, self.key = Path(folder), settings, key
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.path = self.folder / MANIFEST
-        self.latest: dict[Any, dict] = {}
-        for record in read_manifest(self.path):
-            theirs = {name: record.get(name) for name in settings}
-            if theirs != settings:
-                described = ", ".join(f"{k} {v}" for k, v in theirs.items())
-                raise HVAEError(
-                    f"{self.folder} holds results made with other settings ({described}); "
-                    "use a new output folder"
-                )
-            self.latest[record[key]] = record
-        self._file = None
-
-    def finished(self, item: Any, output_field: str = "file") -> bool:
-        record = self.latest.get(item)
-        return (
-            record is not None
-            and record.get("status", "ok") == "ok"
-            and (self.folder / record[output_field]).exists()
-        )
-
-    def append(self, record: dict) -> None:
-        if self._file is None:
-            self._file = self.path.open("a")
-        record = {self.key: record.pop(self.key)} | record | self.settings
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
-        self.latest[record[self.key]] = record
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Readers never see a half-written file: write a temporary name, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-@dataclass
-class InputImage:
-    name: str  # output name: the path relative to the folder it was found in, without suffix
-    path: str
-
-
-def list_inputs(inputs: list[str]) -> list[InputImage]:
-    """Files and folders (recursive) -> named inputs; two inputs that would share an output name are refused."""
-    found = []
-    for item in inputs:
-        root = Path(item)
-        for path in find_images([root]):
-            relative = path.relative_to(root) if root.is_dir() else Path(path.name)
-            found.append(InputImage(relative.with_suffix("").as_posix(), str(path.resolve())))
-    by_name = defaultdict(list)
-    for image in found:
-        by_name[image.name].append(image.path)
-    clashes = {name: paths for name, paths in by_name.items() if len(paths) > 1}
-    if clashes:
-        name, paths = next(iter(clashes.items()))
-        raise HVAEError(
-            f"{len(clashes)} output name(s) would be written twice, e.g. {name!r} from {', '.join(paths)}; "
-            "rename the inputs or process them separately"
-        )
-    if not found:
-        raise HVAEError(f"no images found in {', '.join(inputs)}")
-    return found
-
-
-def load_all(items: list[dict]) -> tuple[dict[tuple[int, int], list], list[dict]]:
-    """Load items' images grouped by size (a batch holds one size); failures become error results."""
-    by_size: dict[tuple[int, int], list] = defaultdict(list)
-    errors = []
-    for item in items:
-        try:
-            image = load_image(item["path"])
-        except HVAEError as error:
-            errors.append({"item": item["item"], "data": None, "error": str(error)})
-            continue
-        by_size[image.size].append((item, image))
-    return by_size, errors
-
-
-# ---------------------------------------------------------------- the jobs
-class BatchJob:
-    """What every job has: a manifest key, a progress label, ``total`` items, and ``record``
-    for successful results (``drive`` records failures, the same way for every job)."""
-
-    key = "input"
-    description = ""
-    total = 0
-    pipeline = "HVAEPipeline"  # the class in ``pipelines`` that computes this job
-
-    def record(self, manifest: Manifest, result: dict) -> None:
-        raise NotImplementedError
-
-    def finish(self, manifest: Manifest) -> None:
-        """Called once after the last result (a job that buffers writes flushes here)."""
+from hvae.safe_io import check_image_size, printable, safe_relative_name
+from hvae.seeds import image_seed
 
 
 class GenerateJob(BatchJob):
     """``n`` prior samples; image ``i`` depends only on (seed, i, temperature, model)."""
 
+    kind = "generate"
     key = "index"
     description = "generating"
 
@@ -211,15 +91,12 @@ class GenerateJob(BatchJob):
         temperature: float,
         prior: str,
         sampler: str,
+        overwrite: bool = False,
     ):
         if n < 1:
             raise HVAEError(f"-n must be positive, got {n}")
-        self.n, self.out_dir, self.seed, self.temperature = (
-            n,
-            Path(out_dir),
-            seed,
-            temperature,
-        )
+        self.n, self.out_dir, self.seed = n, Path(out_dir), seed
+        self.temperature, self.overwrite = temperature, overwrite
         # ``sampler`` names the prior actually drawn from (pipe.sampler_id), so a resumed run
         # cannot mix samples of two priors.
         self.prior, self.sampler = prior, sampler
@@ -236,10 +113,12 @@ class GenerateJob(BatchJob):
     def plan(self, manifest: Manifest) -> list[dict]:
         return [{"item": i} for i in range(self.n) if not manifest.finished(i)]
 
-    def compute(self, pipe, items: list[dict]) -> list[dict]:
-        indices = [item["item"] for item in items]
+    def output_of(self, item: dict) -> str:
+        return f"sample_{item['item']:06d}.png"
+
+    def compute(self, pipe, items: list[dict]) -> Iterator[dict]:
         images = in_micro_batches(
-            indices,
+            [item["item"] for item in items],
             lambda chunk: pipe.sample(
                 len(chunk),
                 temperature=self.temperature,
@@ -248,34 +127,20 @@ class GenerateJob(BatchJob):
                 prior=self.prior,
             ),
         )
-        return [
-            {"item": index, "data": png_bytes(image), "error": None}
-            for index, image in zip(indices, images, strict=True)
-        ]
+        yield from group_results(items, images, png_bytes)
 
     def record(self, manifest: Manifest, result: dict) -> None:
-        from pipelines.hvae_pipeline import image_seed
-
         index = result["item"]
-        name = f"sample_{index:06d}.png"
-        write_atomically(self.out_dir / name, result["data"])
+        name = self.output_of(result)
         manifest.append({"index": index, "file": name, "image_seed": image_seed(self.seed, index)})
-
-
-class PngPerInputJob(BatchJob):
-    """A job that writes one PNG per input, at the input's relative name under ``out_dir``."""
-
-    out_dir: Path
-
-    def record(self, manifest: Manifest, result: dict) -> None:
-        name = f"{result['item']}.png"
-        write_atomically(self.out_dir / name, result["data"])
-        manifest.append({"input": result["item"], "status": "ok", "file": name})
+        self.write(name, result["data"])
 
 
 class EditJob(PngPerInputJob):
-    """Every input image with the same edits applied; the output keeps the input's relative path."""
+    """Every input image with the same edits applied; the output keeps the input's relative
+    path. Two inputs with one output name are refused before any work (``list_inputs``)."""
 
+    kind = "edit"
     description = "editing"
 
     def __init__(
@@ -284,10 +149,11 @@ class EditJob(PngPerInputJob):
         out_dir: Path,
         edits: dict[str, float],
         keep: list[str] | None = None,
+        overwrite: bool = False,
     ):
         self.inputs, self.out_dir = list_inputs(inputs), Path(out_dir)
         self.edits, self.keep = dict(edits), sorted(keep or [])
-        self.total = len(self.inputs)
+        self.total, self.overwrite = len(self.inputs), overwrite
 
     def settings(self, fingerprint: str) -> dict:
         return {"edits": self.edits, "keep": self.keep, "model": fingerprint}
@@ -299,16 +165,15 @@ class EditJob(PngPerInputJob):
             if not manifest.finished(image.name)
         ]
 
-    def compute(self, pipe, items: list[dict]) -> list[dict]:
-        by_size, results = load_all(items)
+    def compute(self, pipe, items: list[dict]) -> Iterator[dict]:
+        by_size, errors = load_all(items, pipe.pixel_multiple, MAX_INPUT_PIXELS)
+        yield from errors
         for group in by_size.values():
             edited = in_micro_batches(
                 [image for _, image in group],
                 lambda chunk: pipe(chunk, edits=self.edits, keep=self.keep),
             )
-            for (item, _), image in zip(group, edited, strict=True):
-                results.append({"item": item["item"], "data": png_bytes(image), "error": None})
-        return results
+            yield from group_results([item for item, _ in group], edited, png_bytes)
 
 
 class EncodeJob(BatchJob):
@@ -321,14 +186,15 @@ class EncodeJob(BatchJob):
     a shard orphaned by a crash is never referenced, so it is harmless.
     """
 
+    kind = "encode"
+    output_field = "shard"
     description = "encoding"
 
-    def __init__(self, inputs: list[str], out_dir: Path, shard_size: int = 256):
-        self.inputs, self.out_dir, self.shard_size = (
-            list_inputs(inputs),
-            Path(out_dir),
-            shard_size,
-        )
+    def __init__(
+        self, inputs: list[str], out_dir: Path, shard_size: int = 256, overwrite: bool = False
+    ):
+        self.inputs, self.out_dir = list_inputs(inputs), Path(out_dir)
+        self.shard_size, self.overwrite = shard_size, overwrite
         self.total = len(self.inputs)
         self._pending: dict[tuple, list[dict]] = defaultdict(list)
         self._fingerprint = ""
@@ -341,24 +207,15 @@ class EncodeJob(BatchJob):
         return [
             {"item": image.name, "path": image.path}
             for image in self.inputs
-            if not manifest.finished(image.name, output_field="shard")
+            if not manifest.finished(image.name)
         ]
 
-    def compute(self, pipe, items: list[dict]) -> list[dict]:
-        from safetensors.torch import save
-
-        by_size, results = load_all(items)
+    def compute(self, pipe, items: list[dict]) -> Iterator[dict]:
+        by_size, errors = load_all(items, pipe.pixel_multiple, MAX_INPUT_PIXELS)
+        yield from errors
         for group in by_size.values():
             per_image = in_micro_batches([image for _, image in group], partial(_encode_rows, pipe))
-            for (item, _), (tensors, sizes) in zip(group, per_image, strict=True):
-                results.append(
-                    {
-                        "item": item["item"],
-                        "data": save(tensors, metadata=sizes),
-                        "error": None,
-                    }
-                )
-        return results
+            yield from group_results([item for item, _ in group], per_image, bytes)
 
     def record(self, manifest: Manifest, result: dict) -> None:
         from safetensors.torch import load
@@ -379,8 +236,10 @@ class EncodeJob(BatchJob):
         rows = self._pending.pop(size_key)
         if not rows:
             return
-        existing = [int(p.stem.split("-")[1]) for p in self.out_dir.glob("codes-*.safetensors")]
-        name = f"codes-{max(existing, default=-1) + 1:05d}.safetensors"
+        numbers = [
+            re.fullmatch(r"codes-(\d+)\.safetensors", p.name) for p in self.out_dir.iterdir()
+        ]
+        name = f"codes-{max((int(m[1]) for m in numbers if m), default=-1) + 1:05d}.safetensors"
         tensors = {
             key: torch.cat([row["tensors"][key] for row in rows]) for key in rows[0]["tensors"]
         }
@@ -390,28 +249,62 @@ class EncodeJob(BatchJob):
             "feature_size": size_key[1],
             "fingerprint": self._fingerprint,
         }
-        write_atomically(self.out_dir / name, save(tensors, metadata=metadata))
         for index, row in enumerate(rows):
             manifest.append({"input": row["item"], "status": "ok", "shard": name, "row": index})
+        self.write(name, save(tensors, metadata=metadata))
 
 
 class DecodeJob(PngPerInputJob):
-    """Images from the codes folder that ``EncodeJob`` wrote (its manifest is the index)."""
+    """Images from the codes folder that ``EncodeJob`` wrote (its manifest is the index).
 
+    Every name, shard and row read from the codes folder is checked: one that would write
+    outside ``out_dir`` or read outside the codes folder fails its item, and the rest go on;
+    names whose outputs would be one file refuse the job before any work."""
+
+    kind = "decode"
     description = "decoding"
 
-    def __init__(self, codes_dir: Path, out_dir: Path):
+    def __init__(self, codes_dir: Path, out_dir: Path, overwrite: bool = False):
         self.codes_dir, self.out_dir = Path(codes_dir), Path(out_dir)
+        self.overwrite = overwrite
         manifest_path = self.codes_dir / MANIFEST
         if not self.codes_dir.is_dir() or not manifest_path.exists():
             raise HVAEError(
                 f"{codes_dir}: not a codes folder written by 'hvae encode' (no {MANIFEST})"
             )
-        latest = {r["input"]: r for r in read_manifest(manifest_path) if "input" in r}
-        self.entries = [r for r in latest.values() if r.get("status") == "ok"]
+        latest = {}
+        for record in read_manifest(manifest_path):
+            if "input" in record:
+                name = record["input"]
+                latest[name if isinstance(name, str) else repr(name)] = record
+        self.entries = [
+            self._entry(name, r) for name, r in latest.items() if r.get("status") == "ok"
+        ]
+        refuse_shared_outputs(
+            (e["item"], f"{e['item']!r} in {manifest_path}") for e in self.entries if not e["error"]
+        )
         self.total = len(self.entries)
-        self.fingerprints = {r.get("model") for r in self.entries}
-        self._shards: dict[str, dict] = {}
+        self.fingerprints = {r.get("model") for r in latest.values() if r.get("status") == "ok"}
+        self._shards: dict[str, tuple[dict, tuple, tuple]] = {}
+
+    def _entry(self, name: str, record: dict) -> dict:
+        """The work item of a codes-manifest line: its error, if the line names no plain
+        relative name, no shard inside the codes folder, or no row."""
+        entry = {"item": name, "shard": "", "row": 0, "error": None}
+        shard, row = record.get("shard"), record.get("row")
+        try:
+            if not isinstance(record["input"], str):
+                raise HVAEError(f"{printable(name)}: not a name")
+            safe_relative_name(name)
+            if not isinstance(shard, str):
+                raise HVAEError(f"no shard named for {printable(name)!r}")
+            entry["shard"] = str(self.codes_dir.joinpath(*safe_relative_name(shard).parts))
+            if not isinstance(row, int) or isinstance(row, bool) or row < 0:
+                raise HVAEError(f"{printable(repr(row))} is not a row of {printable(shard)}")
+            entry["row"] = row
+        except HVAEError as error:
+            entry["error"] = f"{self.codes_dir / MANIFEST}: {error}"
+        return entry
 
     def settings(self, fingerprint: str) -> dict:
         if self.fingerprints - {fingerprint}:
@@ -422,46 +315,78 @@ class DecodeJob(PngPerInputJob):
         return {"model": fingerprint}
 
     def plan(self, manifest: Manifest) -> list[dict]:
-        return [
-            {
-                "item": e["input"],
-                "shard": str(self.codes_dir / e["shard"]),
-                "row": e["row"],
-            }
-            for e in self.entries
-            if not manifest.finished(e["input"])
-        ]
+        return [e for e in self.entries if not manifest.finished(e["item"])]
 
-    def compute(self, pipe, items: list[dict]) -> list[dict]:
-        results = []
+    def compute(self, pipe, items: list[dict]) -> Iterator[dict]:
         by_shard: dict[str, list[dict]] = defaultdict(list)
         for item in items:
-            by_shard[item["shard"]].append(item)
+            if item["error"]:
+                yield failed_result(item, item["error"])
+            else:
+                by_shard[item["shard"]].append(item)
         for shard, group in by_shard.items():
-            tensors, metadata = self._read_shard(shard)
-            decode_rows = partial(_decode_rows, pipe, tensors, metadata)
+            try:
+                tensors, image_size, feature_size = self._read_shard(shard, pipe)
+            except HVAEError as error:
+                yield from (failed_result(item, error) for item in group)
+                continue
+            held = len(tensors["group_0"])
+            yield from (
+                failed_result(item, f"{shard}: holds {held} rows, not row {item['row']}")
+                for item in group
+                if item["row"] >= held
+            )
+            group = [item for item in group if item["row"] < held]
+            decode_rows = partial(_decode_rows, pipe, tensors, image_size, feature_size)
             images = in_micro_batches([item["row"] for item in group], decode_rows)
-            for item, image in zip(group, images, strict=True):
-                results.append({"item": item["item"], "data": png_bytes(image), "error": None})
-        return results
+            yield from group_results(group, images, png_bytes)
 
-    def _read_shard(self, shard: str) -> tuple[dict, dict]:
+    def _read_shard(self, shard: str, pipe) -> tuple[dict, tuple, tuple]:
         if shard not in self._shards:
             from safetensors import safe_open
 
             try:
                 with safe_open(shard, "pt") as f:
-                    self._shards[shard] = (
-                        {key: f.get_tensor(key) for key in f.keys()},
-                        f.metadata() or {},
-                    )
+                    tensors, metadata = {key: f.get_tensor(key) for key in f.keys()}, f.metadata()
             except Exception as error:  # noqa: BLE001 - safetensors raises several types
                 raise HVAEError(f"{shard}: unreadable codes shard ({error})") from None
+            try:
+                sizes = _shard_sizes(tensors, metadata or {}, pipe.stage1.stride)
+            except HVAEError as error:
+                raise HVAEError(f"{shard}: not a codes shard of this model ({error})") from None
+            self._shards[shard] = (tensors, *sizes)
         return self._shards[shard]
 
 
-def _encode_rows(pipe, images: list) -> list[tuple[dict, dict]]:
-    """One image size per call -> per image: its latents (``group_<i>``), its ``detail``, and sizes."""
+def _shard_sizes(tensors: dict, metadata: dict, stride: int) -> tuple[tuple, tuple]:
+    """A shard's (image size, feature size), checked against its tensors and, before any
+    pixel is decoded, against the size limit of a forward pass."""
+    try:
+        image_size, feature_size = (
+            tuple(json.loads(metadata[key])) for key in ("image_size", "feature_size")
+        )
+    except (KeyError, TypeError, ValueError):
+        raise HVAEError("no image and feature size in its metadata") from None
+    for size in (image_size, feature_size):
+        if len(size) != 2 or not all(type(side) is int and side > 0 for side in size):
+            raise HVAEError(f"{size} is not a size")
+    rows = {len(t) for key, t in tensors.items() if key == "detail" or key.startswith("group_")}
+    if "group_0" not in tensors or len(rows) != 1:
+        raise HVAEError("its latent groups do not hold one row per image")
+    if "detail" in tensors and tuple(tensors["detail"].shape[-2:]) != feature_size:
+        raise HVAEError(f"its detail is not of the feature size {feature_size}")
+    decoded = tuple(side * stride for side in feature_size)
+    if any(i > d for i, d in zip(image_size, decoded, strict=True)):
+        raise HVAEError(f"image size {image_size} is larger than its features decode to")
+    check_image_size(decoded[1], decoded[0], max_pixels=MAX_INPUT_PIXELS)
+    return image_size, feature_size
+
+
+def _encode_rows(pipe, images: list) -> list[bytes]:
+    """One image size per call -> per image, as safetensors: its latents (``group_<i>``), its
+    ``detail``, and its sizes."""
+    from safetensors.torch import save
+
     codes = pipe.encode(images)
     sizes = {
         "image_size": json.dumps(list(codes.image_size)),
@@ -471,19 +396,21 @@ def _encode_rows(pipe, images: list) -> list[tuple[dict, dict]]:
     for row in range(len(images)):
         tensors = {f"group_{i}": z[row : row + 1] for i, z in enumerate(codes.latents)}
         tensors["detail"] = codes.detail[row : row + 1]
-        rows.append(({k: v.contiguous().cpu() for k, v in tensors.items()}, sizes))
+        rows.append(save({k: v.contiguous().cpu() for k, v in tensors.items()}, metadata=sizes))
     return rows
 
 
-def _decode_rows(pipe, tensors: dict, metadata: dict, rows: list[int]) -> list[Image.Image]:
+def _decode_rows(
+    pipe, tensors: dict, image_size: tuple, feature_size: tuple, rows: list[int]
+) -> list[Image.Image]:
     from hvae.model import HVAECodes
 
     index = torch.tensor(rows)
     n_groups = sum(key.startswith("group_") for key in tensors)
     codes = HVAECodes(
         latents=[tensors[f"group_{i}"][index].to(pipe.device) for i in range(n_groups)],
-        feature_size=tuple(json.loads(metadata["feature_size"])),
-        image_size=tuple(json.loads(metadata["image_size"])),
+        feature_size=feature_size,
+        image_size=image_size,
         detail=tensors["detail"][index] if "detail" in tensors else None,
     )
     return pipe.decode(codes)
@@ -495,45 +422,9 @@ def _safetensors_metadata(data: bytes) -> dict:
 
 
 # ---------------------------------------------------------------- running
-@dataclass
-class JobSummary:
-    done: int
-    already_done: int
-    failures: list[tuple[str, str]]  # (item, error)
-    manifest: Path
-
-
-def open_manifest(job, fingerprint: str) -> Manifest:
-    return Manifest(job.out_dir, job.settings(fingerprint), job.key)
-
-
 def run_job(job, pipe, batch_size: int = 16) -> JobSummary:
     """Run ``job`` on the local pipeline, ``batch_size`` items per compute call."""
-    manifest = open_manifest(job, pipe.fingerprint())
-    items = job.plan(manifest)
+    manifest, items = start_job(job, pipe.fingerprint())
     chunks = (items[start : start + batch_size] for start in range(0, len(items), batch_size))
     results = (result for chunk in chunks for result in job.compute(pipe, chunk))
     return drive(job, manifest, len(items), results)
-
-
-def drive(job, manifest: Manifest, todo: int, results) -> JobSummary:
-    """Record results as they arrive (from any executor); the driver alone writes files."""
-    total = job.total
-    failures = []
-    try:
-        with tqdm(
-            total=total, initial=total - todo, desc=job.description, dynamic_ncols=True
-        ) as progress:
-            for result in results:
-                if result["error"] is None:
-                    job.record(manifest, result)
-                else:
-                    failures.append((result["item"], result["error"]))
-                    manifest.append(
-                        {job.key: result["item"], "status": "error", "error": result["error"]}
-                    )
-                progress.update(1)
-            job.finish(manifest)
-    finally:
-        manifest.close()
-    return JobSummary(todo - len(failures), total - todo, failures, manifest.path)

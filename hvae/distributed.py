@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from hvae.batch import JobSummary, drive, open_manifest
+from hvae.batch_base import JobSummary, drive, start_job
 from hvae.errors import HVAEError
 
 
@@ -39,17 +39,16 @@ class _Worker:
     """One per Ray actor: loads the job's pipeline class once, then computes batches of items."""
 
     def __init__(self, model: str, job):
-        import pipelines
+        from hvae.loading import load_pipeline
 
-        self.pipe = getattr(pipelines, job.pipeline).from_pretrained(model)
-        self.pipe.set_progress_bar_config(disable=True)
+        self.pipe = load_pipeline(model, job.pipeline)
         self.job = job
 
     def __call__(self, batch):
         items = [
             {key: _plain(value) for key, value in row.items()} for row in batch.to_dict("records")
         ]
-        results = self.job.compute(self.pipe, items)
+        results = list(self.job.compute(self.pipe, items))
         return {key: [r[key] for r in results] for key in ("item", "data", "error")}
 
 
@@ -67,6 +66,8 @@ def map_on_ray(job, items: list[dict], model: str, workers: int = 2, batch_size:
             log_to_driver=False,
             configure_logging=False,
         )
+    # The driver's own bar (hvae.batch.drive) is the job's one progress bar.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     dataset = ray.data.from_items(items).map_batches(
         _Worker,
         fn_constructor_kwargs={"model": str(model), "job": job},
@@ -84,7 +85,6 @@ def run_job_on_ray(
 ) -> JobSummary:
     """Run ``job`` with its compute step spread over ``workers`` Ray actors."""
     require_ray()
-    manifest = open_manifest(job, fingerprint)
-    items = job.plan(manifest)
+    manifest, items = start_job(job, fingerprint)
     results = map_on_ray(job, items, model, workers, batch_size)
     return drive(job, manifest, len(items), results)

@@ -4,6 +4,11 @@ The loop owns what every run needs: mixed precision, EMA weights, gradient
 skipping, checkpoints that resume exactly (model, optimizer, EMA, step and data
 order), a progress bar and a JSONL log. Each stage supplies only how to draw a
 batch for a step and how to compute its loss.
+
+Checkpoints hold tensors (safetensors) and JSON, never a pickle: a run folder may come
+from elsewhere, and unpickling a planted file runs its code. So the loop saves and loads
+its state itself rather than with accelerate's ``save_state``/``load_state``, which
+pickle the objects registered with it.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import random
 import re
 import shutil
 import time
@@ -18,10 +24,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from hvae.errors import HVAEError
@@ -240,8 +249,14 @@ def train(
         torch.backends.cudnn.benchmark = True  # batches keep one shape, so tuning pays off
     skipper = GradientSkipper(config.skip_threshold, config.max_consecutive_skips)
     counter = _StepCounter()
-    for stateful in (scheduler, ema, skipper, counter):
-        accelerator.register_for_checkpointing(stateful)
+    run_state = {
+        "model": accelerator.unwrap_model(model),
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "ema": ema,
+        "skipper": skipper,
+        "counter": counter,
+    }
 
     main = accelerator.is_main_process
     if not resume and main:
@@ -251,13 +266,7 @@ def train(
     accelerator.wait_for_everyone()
     checkpoint = latest_checkpoint(out_dir) if resume else None
     if checkpoint is not None:
-        try:
-            accelerator.load_state(str(checkpoint))
-        except (RuntimeError, KeyError, ValueError) as error:
-            raise HVAEError(
-                f"cannot resume from {checkpoint}: it does not match this model or run ({error}). "
-                "Use a new output folder, or --no-resume to start afresh."
-            ) from None
+        _load_checkpoint(checkpoint, run_state, accelerator.process_index)
         accelerator.print(f"resumed from {checkpoint} at step {counter.step}")
         if main:
             _truncate_log(out_dir / "train_log.jsonl", counter.step)
@@ -321,7 +330,7 @@ def train(
                 {k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "bpd", "psnr", "kl")}
             )
         if counter.step % config.checkpoint_every == 0 or counter.step == config.steps:
-            _save_checkpoint(accelerator, out_dir, counter.step, config.keep_checkpoints)
+            _save_checkpoint(accelerator, run_state, out_dir, counter.step, config.keep_checkpoints)
     progress.close()
     if log_file is not None:
         log_file.close()
@@ -329,33 +338,133 @@ def train(
 
 
 def _truncate_log(path: Path, last_step: int) -> None:
-    """Drop log records past the checkpoint we resume from: those steps are about to be redone."""
+    """Drop log records past the checkpoint we resume from: those steps are about to be
+    redone. A line cut short by a kill goes too."""
     if not path.exists():
         return
-    kept = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line)["step"] <= last_step
-    ]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= last_step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
     path.write_text("".join(line + "\n" for line in kept))
 
 
-def _save_checkpoint(accelerator: Accelerator, out_dir: Path, step: int, keep: int) -> None:
+# ---------------------------------------------------------------- checkpoints
+CHECKPOINT_FORMAT = "hvae-checkpoint-1"
+STATE_JSON, STATE_TENSORS = "state.json", "state.safetensors"
+
+
+def _save_checkpoint(
+    accelerator: Accelerator, run_state: dict, out_dir: Path, step: int, keep: int
+) -> None:
     # Save under a temporary name, then rename, so an interrupted save never
     # leaves a half-written checkpoint that resume would pick up.
     final = out_dir / "checkpoints" / f"step-{step}"
     partial = out_dir / "checkpoints" / f"partial-step-{step}"
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
-        # Made before the barrier: every process writes its RNG state into it, and
-        # save_state creates it on the main process only.
-        partial.mkdir(parents=True)
+        partial.mkdir(parents=True)  # before the barrier: every process writes into it
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
-    accelerator.wait_for_everyone()  # every process has written its RNG state
+    if accelerator.is_main_process:
+        tensors: dict[str, torch.Tensor] = {}
+        state = {name: part.state_dict() for name, part in run_state.items()}
+        document = {"format": CHECKPOINT_FORMAT, "state": _to_json(state, tensors)}
+        save_file(tensors, partial / STATE_TENSORS)
+        (partial / STATE_JSON).write_text(json.dumps(document))
+    # Every process draws its own random numbers (dropout, posterior samples).
+    (partial / f"rng-{accelerator.process_index}.json").write_text(json.dumps(_rng_state()))
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
         for old in _checkpoints(out_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def _load_checkpoint(checkpoint: Path, run_state: dict, process_index: int) -> None:
+    """Restore ``run_state`` and this process's random generators from ``checkpoint``,
+    reading its JSON and safetensors files only, or raise ``HVAEError`` saying why not."""
+    if not (checkpoint / STATE_JSON).is_file():
+        raise HVAEError(
+            f"cannot resume from {checkpoint}: it was written by an older hvae, in pickle files "
+            "that are not loaded because unpickling can run code. Finish that run with the "
+            "version that started it, or start afresh with --no-resume (or a new output folder)."
+        )
+    try:
+        document = json.loads((checkpoint / STATE_JSON).read_text())
+        if document.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"unknown checkpoint format {document.get('format')!r}")
+        state = _from_json(document["state"], load_file(checkpoint / STATE_TENSORS))
+        for name, part in run_state.items():
+            part.load_state_dict(state[name])
+        rng = checkpoint / f"rng-{process_index}.json"
+        if rng.is_file():  # absent when resuming with more processes than the run had
+            _set_rng_state(json.loads(rng.read_text()))
+    except (OSError, SafetensorError, RuntimeError, KeyError, ValueError, TypeError) as error:
+        raise HVAEError(
+            f"cannot resume from {checkpoint}: it does not match this model or run ({error}). "
+            "Use a new output folder, or --no-resume to start afresh."
+        ) from None
+
+
+def _to_json(value, tensors: dict[str, torch.Tensor]):
+    """A state dict as JSON, its tensors moved (copied to the CPU) into ``tensors``. Dicts
+    become ``{"dict": [[key, value], ...]}`` and tuples ``{"tuple": [...]}``, so that the
+    integer keys of an optimizer's state and the tuples of its settings come back as such."""
+    if isinstance(value, torch.Tensor):
+        name = str(len(tensors))
+        tensors[name] = value.detach().to("cpu", copy=True).contiguous()
+        return {"tensor": name}
+    if isinstance(value, dict):
+        return {"dict": [[key, _to_json(item, tensors)] for key, item in value.items()]}
+    if isinstance(value, tuple):
+        return {"tuple": [_to_json(item, tensors) for item in value]}
+    if isinstance(value, list):
+        return [_to_json(item, tensors) for item in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"a checkpoint cannot hold a {type(value).__name__}")
+
+
+def _from_json(value, tensors: dict[str, torch.Tensor]):
+    """The inverse of ``_to_json``."""
+    if isinstance(value, list):
+        return [_from_json(item, tensors) for item in value]
+    if not isinstance(value, dict):
+        return value
+    ((kind, content),) = value.items()
+    if kind == "tensor":
+        return tensors[content]
+    if kind == "tuple":
+        return tuple(_from_json(item, tensors) for item in content)
+    if kind == "dict":
+        return {key: _from_json(item, tensors) for key, item in content}
+    raise ValueError(f"unknown value {kind!r}")
+
+
+def _rng_state() -> dict:
+    """This process's random generators as JSON."""
+    version, words, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(words), gauss],
+        "numpy": [kind, keys.tolist(), position, has_gauss, cached],
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    version, words, gauss = state["python"]
+    random.setstate((version, tuple(words), gauss))
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])

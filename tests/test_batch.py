@@ -2,6 +2,8 @@
 
 import hashlib
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -154,10 +156,9 @@ def test_ray_runs_are_byte_identical_to_local_runs(
     local, remote = tmp_path / "local", tmp_path / "ray"
     ray_args = ("--ray-workers", 2)
 
-    assert run("generate", "-n", 64, "-o", local / "gen", "--batch-size", 16, *model) == 0
-    assert (
-        run("generate", "-n", 64, "-o", remote / "gen", "--batch-size", 5, *model, *ray_args) == 0
-    )
+    generate = ("generate", "-n", 64, "--prior", "model", *model)  # no fitted prior
+    assert run(*generate, "-o", local / "gen", "--batch-size", 16) == 0
+    assert run(*generate, "-o", remote / "gen", "--batch-size", 5, *ray_args) == 0
     assert len(pngs(local / "gen")) == 64
     assert pngs(local / "gen") == pngs(remote / "gen")
     assert (local / "gen" / "manifest.jsonl").read_text().splitlines() != []
@@ -193,3 +194,260 @@ def test_edit_keep_is_recorded_and_unknown_names_fail_before_work(
     assert {tuple(r["keep"]) for r in records} == {("brighter",)}
     assert run(*base, "--keep", "nosuch") == 2
     assert "nosuch" in capsys.readouterr().err
+
+
+def test_results_arrive_per_forward_pass_so_the_progress_bar_moves(
+    tiny_pipeline_dir, tiny_pipeline, nested_folder, tmp_path
+):
+    from hvae.batch import EditJob
+    from hvae.batch_base import MICRO_BATCH, in_micro_batches
+
+    calls = []
+    outputs = in_micro_batches(list(range(MICRO_BATCH + 1)), lambda c: calls.append(c) or c)
+    assert next(outputs) == 0 and len(calls) == 1  # the second micro-batch waits
+    assert list(outputs)[-1] == MICRO_BATCH and len(calls) == 2
+
+    class CountingPipeline:
+        def __init__(self, pipe):
+            self.pipe, self.calls = pipe, 0
+
+        def __getattr__(self, name):
+            return getattr(self.pipe, name)
+
+        def __call__(self, images, **kwargs):
+            self.calls += 1
+            return self.pipe(images, **kwargs)
+
+    job = EditJob([str(nested_folder)], tmp_path / "edited", {"brighter": 1.0})
+    items = [{"item": image.name, "path": image.path} for image in job.inputs]
+    pipe = CountingPipeline(tiny_pipeline)
+    results = job.compute(pipe, items)  # two image sizes: two forward passes
+    assert next(results)["error"] is None and pipe.calls == 1
+    assert len(list(results)) == len(items) - 1 and pipe.calls == 2
+
+
+def _rewrite_manifest(path, change) -> None:
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(change(r)) + "\n" for r in records))
+
+
+def test_decode_fails_names_and_shards_that_leave_their_folders_and_goes_on(
+    tiny_pipeline_dir, nested_folder, tmp_path, capsys
+):
+    codes, out = tmp_path / "codes", tmp_path / "work" / "decoded"
+    model = ("--model", tiny_pipeline_dir)
+    assert run("encode", nested_folder, "-o", codes, *model) == 0
+    absolute = tmp_path / "absolute"
+    bad = {
+        "scene0": {"input": "../../escaped"},
+        "scene1": {"input": str(absolute)},
+        "scene2": {"shard": "../codes-00000.safetensors"},
+    }
+    _rewrite_manifest(codes / "manifest.jsonl", lambda r: r | bad.get(r["input"], {}))
+    capsys.readouterr()
+    assert run("decode", codes, "-o", out, *model) == 1
+    captured = capsys.readouterr()
+    assert "'..' folder" in captured.err and "an absolute path" in captured.err
+    assert "2 done, 0 already done, 3 failed" in captured.out
+    assert sorted(pngs(out)) == ["trip/scene0.png", "trip/wide.png"]
+    assert sorted(p.name for p in tmp_path.rglob("*.png") if nested_folder not in p.parents) == [
+        "scene0.png",
+        "wide.png",
+    ]
+
+
+def test_a_damaged_codes_shard_fails_its_items_only(
+    tiny_pipeline_dir, nested_folder, tmp_path, capsys
+):
+    from safetensors.torch import load_file, save_file
+
+    codes, model = tmp_path / "codes", ("--model", tiny_pipeline_dir)
+    assert run("encode", nested_folder, "-o", codes, *model) == 0
+    records = read_manifest(codes / "manifest.jsonl")
+    wide = next(r["shard"] for r in records if r["input"] == "trip/wide")
+    # A shard claiming a huge image: refused before anything is allocated for it.
+    save_file(
+        load_file(codes / wide),
+        codes / wide,
+        metadata={"image_size": "[100000, 100000]", "feature_size": "[12500, 12500]"},
+    )
+    capsys.readouterr()
+    assert run("decode", codes, "-o", tmp_path / "decoded", *model) == 1
+    captured = capsys.readouterr()
+    assert "failed: trip/wide" in captured.err and "not a codes shard" in captured.err
+    assert "4 done, 0 already done, 1 failed" in captured.out
+
+
+def test_outputs_that_would_be_one_file_are_refused_before_any_work(
+    tiny_pipeline_dir, tmp_path, capsys
+):
+    from hvae.batch import list_inputs
+    from hvae.errors import HVAEError
+
+    image = ShapesDataset(1, seed=5, size=64)[0][0]
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    (two / "a.png").mkdir(parents=True)
+    image.save(one / "a.png")
+    image.save(two / "a.png" / "b.png")  # would go in a folder a.png, where the file a.png is
+    with pytest.raises(HVAEError, match="written twice"):
+        list_inputs([str(one), str(two)])
+
+    image.save(one / "A.png")  # a.png and A.png are one file on macOS and Windows
+    out = tmp_path / "out"
+    args = ("--set", "brighter=1", "-o", out, "--model", tiny_pipeline_dir)
+    assert run("edit", one, *args) == 2
+    assert "written twice" in capsys.readouterr().err and not out.exists()
+
+    # The same file given twice (alone and in its folder) is one input, not a clash.
+    (one / "A.png").unlink()
+    image.save(one / "c.png")
+    assert run("edit", one, one / "a.png", *args) == 0
+    assert sorted(pngs(out)) == ["a.png", "c.png"]
+
+    # Names read from a codes folder are checked the same way.
+    codes = tmp_path / "codes"
+    assert run("encode", one, "-o", codes, "--model", tiny_pipeline_dir) == 0
+    _rewrite_manifest(codes / "manifest.jsonl", lambda r: r | {"input": r["input"].upper()})
+    capsys.readouterr()
+    assert run("decode", codes, "-o", tmp_path / "decoded", "--model", tiny_pipeline_dir) == 0
+    _rewrite_manifest(
+        codes / "manifest.jsonl", lambda r: r | {"input": "Same" if r["row"] else "same"}
+    )
+    assert run("decode", codes, "-o", tmp_path / "d2", "--model", tiny_pipeline_dir) == 2
+    assert "written twice" in capsys.readouterr().err and not (tmp_path / "d2").exists()
+
+
+def test_outputs_never_follow_symlinks_planted_in_the_output_folder(
+    tiny_pipeline_dir, nested_folder, tmp_path
+):
+    out, victim = tmp_path / "out", tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    out.mkdir()
+    # The old writer's temporary names were predictable.
+    for name in ("scene0", "scene1", "scene2"):
+        (out / f".{name}.png.tmp").symlink_to(victim)
+    args = ("edit", nested_folder, "--set", "brighter=1", "-o", out, "--model", tiny_pipeline_dir)
+    assert run(*args) == 0
+    assert victim.read_text() == "keep me"
+    assert not (out / "scene0.png").is_symlink() and (out / "scene0.png").stat().st_size > 0
+
+
+def test_existing_outputs_of_another_job_or_of_no_job_are_refused(
+    tiny_pipeline_dir, nested_folder, tmp_path, capsys
+):
+    model = ("--model", tiny_pipeline_dir)
+    before = pngs(nested_folder)
+    # Into the inputs' own folder: every output is an input.
+    assert run("edit", nested_folder, "--set", "brighter=1", "-o", nested_folder, *model) == 2
+    assert "did not make" in capsys.readouterr().err and pngs(nested_folder) == before
+    assert not (nested_folder / "manifest.jsonl").exists()
+
+    # Outputs of another job with the same model, whose settings alone do not tell them apart.
+    codes, edited = tmp_path / "codes", tmp_path / "edited"
+    assert run("encode", nested_folder, "-o", codes, *model) == 0
+    assert run("edit", nested_folder, "--set", "brighter=1", "-o", edited, *model) == 0
+    capsys.readouterr()
+    for folder in (codes, edited):
+        assert run("decode", codes, "-o", folder, *model) == 2
+        assert "another job" in capsys.readouterr().err
+
+    # A file in the way without any manifest (another tool's output), then overwritten on request.
+    decoded = tmp_path / "decoded"
+    decoded.mkdir()
+    (decoded / "scene1.png").write_bytes(b"someone else's")
+    assert run("decode", codes, "-o", decoded, *model) == 2
+    assert "scene1.png" in capsys.readouterr().err
+    assert (decoded / "scene1.png").read_bytes() == b"someone else's"
+    assert run("edit", nested_folder, "--set", "brighter=1", "-o", decoded, *model, "--force") == 0
+    assert (decoded / "scene1.png").read_bytes() != b"someone else's"
+
+
+def test_inputs_too_large_for_a_forward_pass_fail_before_their_pixels_are_decoded(
+    tiny_pipeline_dir, nested_folder, tmp_path, capsys, monkeypatch
+):
+    import hvae.batch
+
+    monkeypatch.setattr(hvae.batch, "MAX_INPUT_PIXELS", 64 * 80)  # 96x64 is over it
+    out = tmp_path / "edited"
+    args = ("edit", nested_folder, "--set", "brighter=1", "-o", out, "--model", tiny_pipeline_dir)
+    assert run(*args) == 1
+    captured = capsys.readouterr()
+    assert "failed: trip/wide" in captured.err and "over the limit of 5120" in captured.err
+    assert len(pngs(out)) == 4
+
+
+_KILLED_JOB = """
+import os, signal, sys
+from pathlib import Path
+from hvae.batch_base import PngPerInputJob, drive, start_job
+
+class Job(PngPerInputJob):
+    kind, total = "test", 40
+
+    def __init__(self, out_dir, killed_writing):
+        self.out_dir, self.killed_writing = Path(out_dir), killed_writing
+
+    def settings(self, fingerprint):
+        return {"model": fingerprint}
+
+    def plan(self, manifest):
+        return [{"item": f"x{i:02d}"} for i in range(40) if not manifest.finished(f"x{i:02d}")]
+
+    def write(self, name, data):
+        if name == self.killed_writing:
+            os.kill(os.getpid(), signal.SIGKILL)
+        super().write(name, data)
+
+job = Job(sys.argv[1], sys.argv[2])
+manifest, items = start_job(job, "model")
+results = ({"item": item["item"], "data": b"png", "error": None} for item in items)
+summary = drive(job, manifest, len(items), results)
+print(summary.done, summary.already_done)
+"""
+
+
+def test_a_killed_job_keeps_every_finished_record_and_resumes_without_losing_them(tmp_path):
+    out = tmp_path / "out"
+
+    def job(killed_writing: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-c", _KILLED_JOB, str(out), killed_writing]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    assert job(killed_writing="x19.png").returncode == -9
+    first = read_manifest(out / "manifest.jsonl")
+    assert [r["input"] for r in first] == [f"x{i:02d}" for i in range(20)]
+    assert sorted(p.name for p in out.glob("*.png")) == [f"x{i:02d}.png" for i in range(19)]
+    # A kill in the middle of a line leaves it cut short; the next run must not glue its
+    # first line to it (the manifest would no longer parse).
+    with open(out / "manifest.jsonl", "a") as manifest:
+        manifest.write('{"input": "x20", "sta')
+    done = job(killed_writing="")
+    assert done.returncode == 0 and done.stdout.split() == ["21", "19"]
+    records = read_manifest(out / "manifest.jsonl")
+    assert records[:20] == first  # x19 redone, its line not repeated
+    assert [r["input"] for r in records[20:]] == [f"x{i:02d}" for i in range(20, 40)]
+    assert len(list(out.glob("*.png"))) == 40
+    assert (out / "manifest.jsonl").read_text().endswith("}\n")
+
+
+def test_an_interrupted_encode_keeps_the_codes_it_computed(tiny_pipeline, nested_folder, tmp_path):
+    from hvae.batch import EncodeJob
+    from hvae.batch_base import drive, start_job
+
+    job = EncodeJob([str(nested_folder)], tmp_path / "codes")
+    manifest, items = start_job(job, tiny_pipeline.fingerprint())
+
+    def stopped_after(results, n):
+        for count, result in enumerate(results):
+            if count == n:
+                raise KeyboardInterrupt("stopped by signal 15")
+            yield result
+
+    with pytest.raises(KeyboardInterrupt):
+        drive(job, manifest, len(items), stopped_after(job.compute(tiny_pipeline, items), 3))
+    kept = read_manifest(tmp_path / "codes" / "manifest.jsonl")
+    assert len(kept) == 3 and all((tmp_path / "codes" / r["shard"]).exists() for r in kept)
+    job = EncodeJob([str(nested_folder)], tmp_path / "codes")
+    manifest, items = start_job(job, tiny_pipeline.fingerprint())
+    assert len(items) == 2

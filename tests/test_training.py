@@ -79,6 +79,8 @@ def _check_resume(tmp_path):
     with pytest.raises(RuntimeError, match="killed"):
         _run(tmp_path / "b", features, crash_at=4)  # dies after the step-3 checkpoint
     assert latest_checkpoint(tmp_path / "b").name == "step-3"
+    with open(tmp_path / "b" / "train_log.jsonl", "a") as log:
+        log.write('{"step": 5, "lo')  # a line cut short by a kill
     resumed = _run(tmp_path / "b", features)
     for (name, a), (_, b) in zip(
         straight.state_dict().items(), resumed.state_dict().items(), strict=True
@@ -96,6 +98,46 @@ def _check_resume(tmp_path):
         6,
     ]  # the killed run's step 4 was redone, logged once
     assert {"bpd", "kl0", "nll_bpd"} <= set(logs[-1])
+
+
+class _Planted:
+    """Unpickling this creates the file ``marker``: what a planted pickle could do, harmlessly."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+# Pickles that accelerate's load_state unpickled: its random states (weights_only=True,
+# failures ignored), then the registered objects' custom_checkpoint_*.pkl (weights_only=False).
+PICKLE_NAMES = [f"custom_checkpoint_{i}.pkl" for i in range(4)] + ["random_states_0.pkl"]
+
+
+def test_resume_never_unpickles_what_is_planted_in_the_run_folder(tmp_path):
+    import pickle
+
+    features = torch.randn(16, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(RuntimeError, match="killed"):
+        _run(tmp_path / "run", features, crash_at=4)
+    checkpoint = latest_checkpoint(tmp_path / "run")
+    assert not [p.name for p in checkpoint.iterdir() if p.suffix in (".pkl", ".bin")]
+    marker = tmp_path / "code-ran"
+    for name in PICKLE_NAMES:
+        (checkpoint / name).write_bytes(pickle.dumps(_Planted(marker)))
+    _run(tmp_path / "run", features)  # resumes from step 3
+    assert not marker.exists()
+    assert latest_checkpoint(tmp_path / "run").name == "step-6"
+
+    # A run folder of the old, pickled format: a clear error, and nothing unpickled.
+    old = tmp_path / "old" / "checkpoints" / "step-3"
+    old.mkdir(parents=True)
+    for name in PICKLE_NAMES:
+        (old / name).write_bytes(pickle.dumps(_Planted(marker)))
+    with pytest.raises(HVAEError, match="older hvae.*--no-resume"):
+        _run(tmp_path / "old", features)
+    assert not marker.exists()
 
 
 def test_training_lowers_the_loss(tmp_path):
@@ -201,8 +243,7 @@ def test_two_cpu_processes_train_data_parallel_with_accelerate_launch(tmp_path):
     config = json.loads((out / "run" / "train_config.json").read_text())
     assert config["num_processes"] == 2 and config["distributed_type"].endswith("MULTI_CPU")
     checkpoint = out / "run" / "checkpoints" / "step-3"
-    assert (checkpoint / "random_states_0.pkl").exists()
-    assert (checkpoint / "random_states_1.pkl").exists()
+    assert (checkpoint / "rng-0.json").exists() and (checkpoint / "rng-1.json").exists()
     output = launch(6)
     assert "resumed from" in output and "step-3" in output
     assert (out / "run" / "checkpoints" / "step-6").exists()
