@@ -12,6 +12,8 @@ this class like any other diffusers autoencoder.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from diffusers import ConfigMixin, ModelMixin  # noqa: F401  (ModelMixin must be importable here for pipeline loading)
 from diffusers.configuration_utils import register_to_config
@@ -85,6 +87,23 @@ class PatchAutoencoder(ModelMixin, ConfigMixin):
     @property
     def spatial_stride(self) -> int:
         return self.config.patch_size * 2 ** (len(self.config.block_out_channels) - 1)
+
+    @property
+    def receptive_field(self) -> tuple[int, int]:
+        """How far an output looks on each side: (encoder, in pixels; decoder, in feature
+        positions). Tiles with halos this wide match whole-image output exactly
+        (``hvae.autoencoder.Tiling``). Each 3x3 convolution adds one position at the
+        resolution it reads; a stage of ``n`` residual blocks adds ``2n``."""
+        patch, levels = self.config.patch_size, len(self.config.block_out_channels)
+        blocks = self.config.layers_per_block
+        scales = [patch * 2**i for i in range(levels)]  # pixels per position at each level
+        # Encoder: the first conv, each stage, each stride-2 conv (at the finer level), the last.
+        encoder = scales[0] + sum(2 * blocks * s for s in scales) + sum(scales[:-1]) + scales[-1]
+        # Decoder, in features: the first conv, each stage (one block more), each conv after an
+        # upsampling (at the finer level), the last conv.
+        features = [s / self.spatial_stride for s in scales]
+        decoder = 1 + sum(2 * (blocks + 1) * f for f in features) + sum(features[:-1]) + features[0]
+        return encoder, math.ceil(decoder)
 
     def encode(self, x: torch.Tensor, return_dict: bool = True):
         latents = self.encoder(x)
