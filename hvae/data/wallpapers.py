@@ -33,6 +33,8 @@ PACKAGES = (
     "sway-backgrounds",
 )
 RASTER_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+# Pictures held out per kind by default (one per group); the photo corpus keeps this split.
+HELD_OUT = {"photo": 6, "graphic": 4}
 # Resolution tags, orientation tags and light/dark suffixes that mark copies of one picture.
 _VARIANT_TAGS = re.compile(r"(_\d+x\d+|_portrait|-[ld])+$", re.IGNORECASE)
 # Most wallpapers are illustrations or renders. These groups are photographs,
@@ -96,10 +98,22 @@ def download_packages(work_dir: Path, packages=PACKAGES) -> dict[str, str]:
     return versions
 
 
-def find_pictures(unpacked: Path) -> list[Picture]:
+def copyright_file(unpacked: Path, package: str) -> Path:
+    return unpacked / package / "usr/share/doc" / package / "copyright"
+
+
+def copy_copyrights(unpacked: Path, packages, target: Path) -> None:
+    """Copy each package's Debian ``copyright`` file to ``target/<package>.copyright``."""
+    for package in packages:
+        if copyright_file(unpacked, package).exists():
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy(copyright_file(unpacked, package), target / f"{package}.copyright")
+
+
+def find_pictures(unpacked: Path, packages=PACKAGES) -> list[Picture]:
     """The largest copy of every source group under ``unpacked/<package>/``."""
     best: dict[str, Picture] = {}
-    for package_dir in sorted(p for p in unpacked.iterdir() if p.is_dir()):
+    for package_dir in sorted(unpacked / package for package in packages):
         for path in sorted(package_dir.rglob("*")):
             if path.suffix.lower() not in RASTER_SUFFIXES or not path.is_file():
                 continue
@@ -123,23 +137,30 @@ def find_pictures(unpacked: Path) -> list[Picture]:
     return sorted(best.values(), key=lambda p: p.group)
 
 
-def assign_split(pictures: list[Picture], held_out: dict[str, int]) -> None:
-    """Per kind, hold out the ``held_out[kind]`` groups with the smallest hash of their name.
+def assign_split(pictures, held_out: dict[str, int]) -> None:
+    """Per kind, hold out ``held_out[kind]`` pictures: whole groups, smallest name hash first.
 
     A hash of the name is stable across runs and blind to content, so the
-    split is neither cherry-picked nor dependent on file order.
+    split is neither cherry-picked nor dependent on file order. Every picture
+    of a group lands on the same side (the last group held out may overshoot
+    the count). Works on anything with ``group``, ``kind`` and ``split``
+    attributes: the photo corpus, whose groups hold many pictures, uses it too.
     """
-    order = sorted(pictures, key=lambda p: hashlib.sha1(p.group.encode()).hexdigest())
-    taken = dict.fromkeys(held_out, 0)
+    order = sorted(pictures, key=lambda p: (hashlib.sha1(p.group.encode()).hexdigest(), p.group))
+    taken: dict[str, int] = {}
+    held_groups: set[str] = set()
     for picture in order:
-        if taken.get(picture.kind, 0) < held_out.get(picture.kind, 0):
-            taken[picture.kind] += 1
-            picture.split = "heldout"
-        else:
-            picture.split = "train"
+        if picture.group not in held_groups and taken.get(picture.kind, 0) < held_out.get(
+            picture.kind, 0
+        ):
+            held_groups.add(picture.group)
+        if picture.group in held_groups:
+            taken[picture.kind] = taken.get(picture.kind, 0) + 1
+        picture.split = "heldout" if picture.group in held_groups else "train"
 
 
-def _resized(image: Image.Image, max_side: int) -> Image.Image:
+def resized(image: Image.Image, max_side: int) -> Image.Image:
+    """``image`` shrunk (never enlarged) so its longer side is at most ``max_side``."""
     if max(image.size) <= max_side:
         return image
     scale = max_side / max(image.size)
@@ -170,7 +191,7 @@ def prepare_wallpapers(
         missing = PHOTOGRAPHS - {p.group for p in pictures}
         if missing:
             raise HVAEError(f"package contents changed; photographs not found: {sorted(missing)}")
-        assign_split(pictures, held_out or {"photo": 6, "graphic": 4})
+        assign_split(pictures, held_out or HELD_OUT)
         staging = out_dir.with_name(out_dir.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         for picture in tqdm(pictures, desc="resizing pictures", dynamic_ncols=True):
@@ -179,7 +200,7 @@ def prepare_wallpapers(
             picture.file = f"{picture.split}/{picture.kind}/{picture.group.replace('/', '__')}.png"
             target = staging / picture.file
             target.parent.mkdir(parents=True, exist_ok=True)
-            _resized(image, side).save(target)
+            resized(image, side).save(target)
         manifest = {
             "packages": versions,
             "train_side": train_side,
@@ -187,11 +208,7 @@ def prepare_wallpapers(
             "pictures": [asdict(p) | {"kind": p.kind} for p in pictures],
         }
         (staging / "provenance.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        for package in versions:
-            copyright_file = work / "unpacked" / package / "usr/share/doc" / package / "copyright"
-            if copyright_file.exists():
-                (staging / "licenses").mkdir(exist_ok=True)
-                shutil.copy(copyright_file, staging / "licenses" / f"{package}.copyright")
+        copy_copyrights(work / "unpacked", versions, staging / "licenses")
         shutil.rmtree(out_dir, ignore_errors=True)
         staging.rename(out_dir)
     return pictures
