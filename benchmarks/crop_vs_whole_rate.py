@@ -15,9 +15,9 @@ import argparse
 import numpy as np
 import torch
 
-from hvae.cli_codec import load_codec
 from hvae.data.images import find_images, load_image
 from hvae.entropy import rounded_rate_bits
+from hvae.loading import load_codec
 
 
 def bits_per_dim(model, features: torch.Tensor, step: float) -> float:

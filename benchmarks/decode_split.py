@@ -16,9 +16,9 @@ import time
 import numpy as np
 import torch
 
-from hvae.cli_codec import load_codec
 from hvae.data.images import find_images, load_image
 from hvae.entropy import decode_symbols
+from hvae.loading import load_codec
 from pipelines.compression_pipeline import _STEP, one_thread
 
 

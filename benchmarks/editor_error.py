@@ -29,8 +29,7 @@ from hvae.data.images import to_pil, to_tensor
 from hvae.data.scene_estimate import estimate
 from hvae.data.shapes import FACTOR_RANGES, HUES, ORIENTATIONS, ShapesDataset, render
 from hvae.demo import HELD_OUT_SEED
-from hvae.directions import pipeline_editor
-from hvae.feature_editor import FeatureEditor
+from hvae.directions import FeatureEditor, pipeline_editor
 from pipelines import HVAEPipeline
 
 HUE_DIRECTIONS = ("floor_hue", "wall_hue", "object_hue")

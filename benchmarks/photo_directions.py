@@ -2,12 +2,14 @@
 
 Each held-out picture (never seen by the autoencoder, the editing model or the
 direction fit) is shrunk to ``--side`` pixels on its longer side, encoded once,
-edited along every direction at strengths -2, -1, 0, +1, +2 and decoded. The
-statistic the direction was fitted on (``hvae.directions.image_statistics``) is
-measured on each decode. A direction passes on a picture when its statistic
-rises strictly from -2 to +2. The table also gives the mean change per unit
-strength, in the statistic's own units and in sds of it over these pictures,
-and how far the *other* statistics moved (in their sds) at ±2.
+edited along every direction at five strengths across the direction's range (its
+two ends, half of each, and 0; ``hvae directions list`` shows the ranges) and
+decoded. The statistic the direction was fitted on
+(``hvae.directions.image_statistics``) is measured on each decode. A direction
+passes on a picture when its statistic rises strictly from one end of the range
+to the other. The table also gives the mean change per unit strength, in the
+statistic's own units and in sds of it over these pictures, and how far the
+*other* statistics moved per unit (in their sds) between the range's ends.
 
 The reference columns do the same for the pixel adjustment each ``feature-flow``
 direction is fitted on (``hvae.directions.AUTO_ADJUSTMENTS``, applied once or twice
@@ -31,7 +33,13 @@ from hvae.data.images import load_image
 from hvae.directions import AUTO_ADJUSTMENTS, AUTO_STATISTICS, image_statistics
 from pipelines import HVAEPipeline
 
-STRENGTHS = (-2.0, -1.0, 0.0, 1.0, 2.0)
+REFERENCE_STEPS = (-2.0, -1.0, 0.0, 1.0, 2.0)  # pixel adjustments applied once or twice
+
+
+def range_strengths(pipe, name: str) -> tuple[float, ...]:
+    """The five strengths a direction is measured at: its range's ends, their halves and 0."""
+    low, high = pipe.strength_range(name)
+    return (low, low / 2, 0.0, high / 2, high)
 
 
 def shrunk(path, side: int):
@@ -50,12 +58,13 @@ def adjusted(image, name: str, strength: float):
 def summarise(stats, name: str, spread: dict[str, float]) -> dict[str, float]:
     """Monotone share, change per unit and side effects of one direction's per-picture
     statistics ``stats[strength][picture]``."""
-    count = len(stats[0.0])
-    curves = np.array([[stats[s][i][name] for s in STRENGTHS] for i in range(count)])
+    count, strengths = len(stats[0.0]), sorted(stats)
+    low, high = strengths[0], strengths[-1]
+    curves = np.array([[stats[s][i][name] for s in strengths] for i in range(count)])
     monotone = np.all(np.diff(curves, axis=1) > 0, axis=1)
-    per_unit = (curves[:, -1] - curves[:, 0]) / (STRENGTHS[-1] - STRENGTHS[0])
+    per_unit = (curves[:, -1] - curves[:, 0]) / (high - low)
     side_effects = [
-        abs(stats[2.0][i][o] - stats[-2.0][i][o]) / 4 / max(spread[o], 1e-9)
+        abs(stats[high][i][o] - stats[low][i][o]) / (high - low) / max(spread[o], 1e-9)
         for i in range(count)
         for o in AUTO_STATISTICS
         if o != name
@@ -92,44 +101,46 @@ def main() -> None:
     if not names:
         raise SystemExit(f"{args.model} has no auto directions ({', '.join(AUTO_STATISTICS)})")
     paths = find_images([args.data])
-    stats = {n: {s: [] for s in STRENGTHS} for n in names}  # direction -> strength -> per image
-    reference = {n: {s: [] for s in STRENGTHS} for n in names}  # the same, pixel adjustments
+    strengths = {n: range_strengths(pipe, n) for n in names}
+    stats = {n: {s: [] for s in strengths[n]} for n in names}  # direction -> strength -> per image
+    reference = {n: {s: [] for s in REFERENCE_STEPS} for n in names}  # pixel adjustments
     for path in paths:
         image = shrunk(path, args.side)
         codes = pipe.encode([image])
         base = image_statistics(pipe.decode(codes)[0])
         for name in names:
-            for strength in STRENGTHS:
-                keep = [n for n in names if n != name] if args.keep_others else None
-                if not strength:
-                    stats[name][strength].append(base)
-                    reference[name][strength].append(base)
-                    continue
-                edited = pipe.decode(pipe.edit(codes, {name: strength}, keep))[0]
-                stats[name][strength].append(image_statistics(edited))
-                moved = pipe(adjusted(image, name, strength))[0]
-                reference[name][strength].append(image_statistics(moved))
+            keep = [n for n in names if n != name] if args.keep_others else None
+            for strength in strengths[name]:
+                edited = (
+                    pipe.decode(pipe.edit(codes, {name: strength}, keep))[0] if strength else None
+                )
+                stats[name][strength].append(image_statistics(edited) if strength else base)
+            for step in REFERENCE_STEPS:
+                moved = pipe(adjusted(image, name, step))[0] if step else None
+                reference[name][step].append(image_statistics(moved) if step else base)
     spread = {s: np.std([row[s] for row in stats[names[0]][0.0]]) for s in AUTO_STATISTICS}
     rows = []
     for name in names:
-        row = {"direction": name, **summarise(stats[name], name, spread)}
+        row = {"direction": name, "strengths": list(strengths[name])}
+        row |= summarise(stats[name], name, spread)
         ref = summarise(reference[name], name, spread)
         rows.append(row | {f"reference_{k}": v for k, v in ref.items()})
     kept = ", each with keep= the others" if args.keep_others else ""
     print(f"{len(paths)} held-out pictures at {args.side} px{kept}; model {pipe.fingerprint()}")
     print(
-        "| direction | monotone −2…+2 | change per unit strength | in sds over these pictures "
-        "| other statistics per unit (sds) | reference: monotone | reference: sds per step "
-        "| reference: others (sds) |"
+        "| direction | range | monotone over it | change per unit strength "
+        "| in sds over these pictures | other statistics per unit (sds) | reference: monotone "
+        "| reference: sds per step | reference: others (sds) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ref = (
             f"{r['reference_monotone']:.0%} | {r['reference_change_per_unit_sd']:+.2f} "
             f"| {r['reference_others_per_unit_sd']:.2f}"
         )
         print(
-            f"| {r['direction']} | {r['monotone']:.0%} | {r['change_per_unit']:+.4f} "
+            f"| {r['direction']} | {r['strengths'][0]:g} … {r['strengths'][-1]:g} "
+            f"| {r['monotone']:.0%} | {r['change_per_unit']:+.4f} "
             f"| {r['change_per_unit_sd']:+.2f} | {r['others_per_unit_sd']:.2f} | {ref} |"
         )
     for r in rows:

@@ -13,9 +13,9 @@ import argparse
 import numpy as np
 import torch
 
-from hvae.cli_codec import load_codec
 from hvae.data.images import find_images, load_image
 from hvae.entropy import encode_symbols, pack
+from hvae.loading import load_codec
 
 
 def main() -> None:

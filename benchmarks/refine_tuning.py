@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 
 import hvae.refine as refine_module
-from hvae.cli_codec import load_codec
 from hvae.data.images import find_images, load_image, to_tensor
 from hvae.entropy import encode_symbols, pack
+from hvae.loading import load_codec
 from hvae.metrics import ms_ssim, psnr
 from hvae.rd_benchmark import bd_rate, ms_ssim_db
 from hvae.refine import refine_features

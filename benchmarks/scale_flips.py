@@ -17,9 +17,9 @@ import time
 
 import torch
 
-from hvae.cli_codec import load_codec
 from hvae.data.images import find_images, load_image
 from hvae.entropy import decode_symbols, encode_symbols, pack
+from hvae.loading import load_codec
 from pipelines.compression_pipeline import CODING_DTYPES, QUALITY_STEPS
 
 

@@ -133,18 +133,19 @@ def ours(refine_steps: int, tune: str = "psnr") -> str:
 def run_rd_benchmark(
     data: str,
     out: str,
-    model: str,
+    model: str | None,
     qualities: list[int],
     limit: int | None = None,
     refine_steps: list[int] | None = None,
     tune: str = "psnr",
 ) -> dict:
-    from hvae.cli_codec import load_codec
     from hvae.codec_settings import DEFAULT_REFINE_STEPS
+    from hvae.loading import load_codec, resolve_model
 
     refine_steps = sorted(set(refine_steps if refine_steps else [0, DEFAULT_REFINE_STEPS]))
 
-    pipe = load_codec(model)
+    model = resolve_model(model, "codec")  # rd.json records the folder
+    pipe = load_codec(model, purpose="compress")
     paths = find_images([data])[:limit] if limit else find_images([data])
     if not paths:
         raise HVAEError(f"{data}: no images")

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
@@ -23,17 +22,23 @@ from safetensors.torch import load_file, save_file
 from hvae.autoencoder import FeatureAutoencoder
 from hvae.data.images import pad_to_multiple, to_pil
 from hvae.directions import (
+    DEFAULT_STRENGTH_RANGE,
     DirectionSet,
+    FeatureEditor,
     FeatureFlows,
+    ModelShapes,
+    check_strength,
     flow_features,
-    load_direction_set,
     project_out,
+    read_direction_sets,
+    read_strength_range,
 )
 from hvae.errors import HVAEError
-from hvae.feature_editor import FeatureEditor
 from hvae.fingerprint import fingerprint
 from hvae.latent_prior import FittedPrior
 from hvae.model import HierarchicalVAE, HVAECodes
+from hvae.safe_io import check_image_size
+from hvae.seeds import image_seed
 
 DIRECTIONS_FOLDER = "directions"
 SAMPLE_PRIOR_FOLDER = "sample_prior"
@@ -45,7 +50,7 @@ class Direction:
     """A vector added to one latent group (``strength`` 1 adds it once), or attribute
     ``index`` of a direction set, a ``DirectionField``, ``MomentDirections`` or
     ``FeatureFlows`` or ``FeatureEditor`` (then ``vector`` is its linear summary in the
-    global group)."""
+    global group); edits take strengths in ``strength_range`` (see hvae.directions.ranges)."""
 
     vector: torch.Tensor
     group: int = 0
@@ -53,6 +58,7 @@ class Direction:
     units: str = "vector"
     field: DirectionSet | None = None
     index: int = 0
+    strength_range: tuple[float, float] = DEFAULT_STRENGTH_RANGE
 
 
 def load_pipeline_folder(load, pretrained_model_name_or_path, **kwargs):
@@ -76,11 +82,6 @@ def cached_stage1(pipe) -> FeatureAutoencoder:
     if cached is None or cached.model is not pipe.autoencoder:
         cached = pipe._stage1 = FeatureAutoencoder(pipe.autoencoder)
     return cached
-
-
-def image_seed(seed: int, index: int) -> int:
-    """Seed of image ``index`` in a run started with ``seed``: independent of batching."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
 def lerp_or_none(start: torch.Tensor | None, end: torch.Tensor | None, t: float):
@@ -148,11 +149,12 @@ class HVAEPipeline(DiffusionPipeline):
         (folder / "fields.json").write_text(json.dumps(described, indent=2))
 
     def direction_metadata(self) -> dict[str, dict]:
-        """name -> {group, source, units, kind[, groups]} for every direction (what
+        """name -> {group, source, units, range, kind[, groups]} for every direction (what
         directions.json lists); a field direction also names the groups it edits."""
         metadata = {}
         for name, d in sorted(self._directions.items()):
             metadata[name] = {"group": d.group, "source": d.source, "units": d.units}
+            metadata[name]["range"] = list(d.strength_range)
             if d.field is None:
                 metadata[name]["kind"] = "vector"
             else:
@@ -163,10 +165,12 @@ class HVAEPipeline(DiffusionPipeline):
         if not (folder / "directions.json").is_file():
             return
         tensors = load_file(str(folder / "directions.safetensors"))
+        shapes = ModelShapes(
+            self.hvae.config.in_channels, tuple(g.z_channels for g in self.hvae.latent_groups)
+        )
         fields = []
         if (folder / "fields.json").is_file():
-            for i, spec in enumerate(json.loads((folder / "fields.json").read_text())):
-                field = load_direction_set(spec)
+            for i, field in enumerate(read_direction_sets(folder / "fields.json", shapes)):
                 prefix = f"field{i}."
                 try:
                     field.load_state_dict(
@@ -174,7 +178,7 @@ class HVAEPipeline(DiffusionPipeline):
                     )
                 except RuntimeError as error:  # saved by another version of the direction set
                     raise HVAEError(
-                        f"{folder}: direction set {i} ({spec.get('kind', 'field')}) does not match "
+                        f"{folder}: direction set {i} ({field.kind}) does not match "
                         f"this version; delete {folder} and refit with 'hvae directions fit' ({error})"
                     ) from None
                 fields.append(field.eval())
@@ -190,6 +194,9 @@ class HVAEPipeline(DiffusionPipeline):
                 meta.get("units", "vector"),
                 field=fields[meta["field"]] if "field" in meta else None,
                 index=meta.get("index", 0),
+                strength_range=read_strength_range(
+                    meta.get("range"), f"{folder}: direction {name!r}"
+                ),
             )
 
     # ------------------------------------------------------------ helpers
@@ -212,6 +219,11 @@ class HVAEPipeline(DiffusionPipeline):
         return self.training_image_size if spatial else None
 
     @property
+    def pixel_multiple(self) -> int:
+        """Images are padded to a multiple of this: stage 1's stride times the HVAE's own."""
+        return self.stage1.stride * self.hvae.feature_multiple
+
+    @property
     def training_image_size(self) -> int:
         """The image side stage 2 was trained at (its sample size times the stage-1 stride)."""
         return self.hvae.config.sample_size * self.stage1.stride
@@ -229,9 +241,11 @@ class HVAEPipeline(DiffusionPipeline):
         units: str = "vector",
         field: DirectionSet | None = None,
         index: int = 0,
+        strength_range: tuple[float, float] | None = None,
     ) -> None:
         """Make ``name`` editable: ``edit(codes, {name: s})`` adds ``s * vector`` to latent ``group``,
-        or, with a ``field``, moves attribute ``index`` of the field by ``s``."""
+        or, with a ``field``, moves attribute ``index`` of the field by ``s``, for ``s`` in
+        ``strength_range`` (default ``DEFAULT_STRENGTH_RANGE``)."""
         groups = self.hvae.latent_groups
         if not 0 <= group < len(groups):
             raise HVAEError(f"group must be in [0, {len(groups) - 1}], got {group}")
@@ -253,7 +267,21 @@ class HVAEPipeline(DiffusionPipeline):
                 f"direction {name!r} edits {field.channels}-channel features; "
                 f"this model's have {features}"
             )
-        self._directions[name] = Direction(vector, group, source, units, field, index)
+        strength_range = read_strength_range(strength_range, f"direction {name!r}")
+        self._directions[name] = Direction(
+            vector, group, source, units, field, index, strength_range
+        )
+
+    def strength_range(self, name: str) -> tuple[float, float]:
+        """The (lowest, highest) strength direction ``name`` takes."""
+        self.check_directions([name])
+        return self._directions[name].strength_range
+
+    def set_strength_range(self, name: str, strength_range: tuple[float, float]) -> None:
+        """Change the strengths direction ``name`` takes; ``save_directions`` keeps them."""
+        self.check_directions([name])
+        where = f"direction {name!r}"
+        self._directions[name].strength_range = read_strength_range(strength_range, where)
 
     # ------------------------------------------------------------ the user API
     @torch.no_grad()
@@ -262,10 +290,12 @@ class HVAEPipeline(DiffusionPipeline):
         feature detail those means do not reproduce (``codes.detail``)."""
         if isinstance(images, Image.Image):
             images = [images]
+        for image in images:  # before any pixel is converted
+            check_image_size(*image.size, self.pixel_multiple)
         stage1 = self.stage1
         pixels = stage1._as_tensor(list(images))
         # Any size encodes: padded to what both models need, cropped back at decode.
-        padded = pad_to_multiple(pixels, stage1.stride * self.hvae.feature_multiple)
+        padded = pad_to_multiple(pixels, self.pixel_multiple)
         features = stage1.encode(padded).to(self.device)
         self._check_feature_size(features)
         codes = self.hvae.encode(features)
@@ -302,6 +332,14 @@ class HVAEPipeline(DiffusionPipeline):
             known = ", ".join(self.directions) or "none registered"
             raise HVAEError(f"unknown direction(s) {', '.join(unknown)}; known: {known}")
 
+    def check_edits(self, edits: dict[str, float], keep: Sequence[str] | None = None) -> None:
+        """Raise ``HVAEError`` for an unknown direction among ``edits`` and ``keep``, or a
+        strength that is not a finite number inside its direction's range: what ``edit``
+        checks, for front ends to call before any work."""
+        self.check_directions([*edits, *(keep or ())])
+        for name, strength in edits.items():
+            check_strength(name, strength, self._directions[name].strength_range)
+
     def edit(
         self,
         codes: HVAECodes,
@@ -316,9 +354,10 @@ class HVAEPipeline(DiffusionPipeline):
         (in the same group, or the same set of moment directions) before it is added.
         The detail kept at encoding is carried over, so it survives the edit (moment
         directions rescale it). Feature flows move no latents: they add to the
-        generator that decoding applies to the features.
+        generator that decoding applies to the features. Each strength must lie in its
+        direction's range (``strength_range``).
         """
-        self.check_directions([*edits, *(keep or ())])
+        self.check_edits(edits, keep)
         side = self.edit_size
         fixed = [n for n in edits if (f := self._directions[n].field) and not f.any_size]
         if fixed and codes.image_size is not None and codes.image_size != (side, side):

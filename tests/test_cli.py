@@ -22,6 +22,7 @@ SUBCOMMANDS = [
     "info",
     "benchmark",
     "prior",
+    "data",
 ]
 
 
@@ -119,6 +120,8 @@ def test_generate_is_identical_across_batch_sizes(tiny_pipeline_dir, tmp_path):
                     "3",
                     "-o",
                     str(out),
+                    "--prior",
+                    "model",
                     "--seed",
                     "9",
                     "--batch-size",
@@ -155,6 +158,12 @@ def test_demo_writes_its_pictures_and_a_photo_archive(tiny_pipeline_dir, tmp_pat
     ]
     printed = capsys.readouterr().out
     assert str(out) in printed and "bpp" in printed and "MS-SSIM" in printed
+    # The total comes last, after the slow photo part, not before it.
+    lines = printed.strip().splitlines()
+    assert lines[-1].startswith("done in") and sum("done in" in line for line in lines) == 1
+    assert printed.index("scenes part") < printed.index("photo part") < printed.index("done in")
+    # A rerun into the same folder replaces the demo's own outputs.
+    assert main([*argv, "--codec-model", str(codec)]) == 0
 
 
 def _error_of(argv, capsys):
@@ -278,6 +287,8 @@ def test_generate_resumes_after_a_kill_with_no_duplicates(tiny_pipeline_dir, tmp
             "30",
             "-o",
             str(out),
+            "--prior",
+            "model",
             "--batch-size",
             str(batch_size),
             "--model",
@@ -303,9 +314,7 @@ def test_generate_resumes_after_a_kill_with_no_duplicates(tiny_pipeline_dir, tmp
     assert sorted(p.name for p in out.glob("*.png")) == [f"sample_{i:06d}.png" for i in range(30)]
 
     straight = tmp_path / "straight"
-    assert (
-        main(["generate", "-n", "30", "-o", str(straight), "--model", str(tiny_pipeline_dir)]) == 0
-    )
+    assert main([*generate_args(16)[:4], str(straight), *generate_args(16)[5:]]) == 0
     for i in range(30):
         name = f"sample_{i:06d}.png"
         assert (out / name).read_bytes() == (straight / name).read_bytes(), name
@@ -321,6 +330,8 @@ def test_generate_refuses_to_mix_settings_in_one_folder(tiny_pipeline_dir, tmp_p
                 "2",
                 "-o",
                 str(out),
+                "--prior",
+                "model",
                 "--seed",
                 "1",
                 "--model",
@@ -330,7 +341,266 @@ def test_generate_refuses_to_mix_settings_in_one_folder(tiny_pipeline_dir, tmp_p
         == 0
     )
     code, err = _error_of(
-        ["generate", "-n", "2", "-o", str(out), "--seed", "2", "--model", str(tiny_pipeline_dir)],
+        [
+            *("generate", "-n", "2", "-o", str(out), "--prior", "model", "--seed", "2"),
+            *("--model", str(tiny_pipeline_dir)),
+        ],
         capsys,
     )
     assert code == 2 and "other settings" in err
+
+
+# ---------------------------------------------------------------- models by name
+def test_bundled_names_resolve_from_any_folder_and_a_folder_wins(tmp_path, monkeypatch):
+    from hvae.loading import bundled_path, resolve_model
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HVAE_MODEL", raising=False)
+    monkeypatch.delenv("HVAE_CODEC_MODEL", raising=False)
+    for name in ("shapes", "photo-edit", "photo"):
+        assert resolve_model(name) == str(bundled_path(name))
+        assert (bundled_path(name) / "model_index.json").is_file()
+    assert resolve_model(None) == str(bundled_path("shapes"))
+    assert resolve_model(None, "codec") == str(bundled_path("photo"))
+    monkeypatch.setenv("HVAE_MODEL", "photo-edit")
+    assert resolve_model(None) == str(bundled_path("photo-edit"))
+    (tmp_path / "shapes").mkdir()
+    assert resolve_model("shapes") == "shapes"
+
+
+def test_a_bundled_model_loads_by_name_from_another_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["directions", "list", "--model", "shapes"]) == 0
+    assert "wall_hue" in capsys.readouterr().out
+
+
+def test_unknown_model_names_list_the_bundled_ones(tmp_path, monkeypatch, capsys):
+    code, err = _error_of(["generate", "-o", str(tmp_path / "g"), "--model", "phot"], capsys)
+    assert code == 2 and "phot: no such model folder" in err
+    assert all(name in err for name in ("shapes", "photo-edit", "photo"))
+    monkeypatch.setenv("HVAE_CODEC_MODEL", "nosuch")
+    code, err = _error_of(["decompress", __file__, "-o", str(tmp_path / "d")], capsys)
+    assert code == 2 and "$HVAE_CODEC_MODEL=nosuch" in err
+    assert not (tmp_path / "g").exists() and not (tmp_path / "d").exists()
+
+
+def test_a_pipeline_of_the_wrong_kind_is_named_and_refused(tiny_pipeline_dir, tmp_path, capsys):
+    from tests.conftest import tiny_codec
+
+    archive = tmp_path / "a.hvz"
+    archive.write_bytes(b"not read: the model is refused first")
+    command = ["decompress", str(archive), "-o", str(tmp_path / "d")]
+    code, err = _error_of([*command, "--model", str(tiny_pipeline_dir)], capsys)
+    assert code == 2 and f"{tiny_pipeline_dir}: an editing pipeline" in err
+    assert "not a compression pipeline, so it cannot decompress" in err
+
+    codec = tmp_path / "codec"
+    tiny_codec().save_pretrained(codec)
+    image = tmp_path / "x.png"
+    ShapesDataset(1, seed=1, size=64)[0][0].save(image)
+    for command in (
+        ["edit", str(image), "--set", "brighter=1", "-o", str(tmp_path / "e")],
+        ["generate", "-o", str(tmp_path / "g")],
+    ):
+        code, err = _error_of([*command, "--model", str(codec)], capsys)
+        assert code == 2 and f"{codec}: a compression pipeline" in err
+        assert f"not an editing pipeline, so it cannot {command[0]}" in err
+
+
+def test_generate_refuses_a_model_without_a_sampling_prior_unless_asked(
+    tiny_pipeline_dir, tmp_path, capsys
+):
+    out = tmp_path / "g"
+    command = ["generate", "-n", "1", "-o", str(out), "--model", str(tiny_pipeline_dir)]
+    code, err = _error_of(command, capsys)
+    assert code == 2 and "no fitted sampling prior" in err and "--prior model" in err
+    assert not out.exists()
+    assert main([*command, "--prior", "model"]) == 0
+    assert (out / "sample_000000.png").exists()
+
+
+# ---------------------------------------------------------------- bad arguments and outputs
+def test_non_finite_strengths_and_temperatures_are_refused(capsys):
+    from hvae.cli.batch import parse_edits
+    from hvae.errors import HVAEError
+
+    assert parse_edits(["a=1.5", " b = -2 "]) == {"a": 1.5, "b": -2.0}
+    for bad in ("a=nan", "a=inf", "a=-inf", "a=NaN"):
+        with pytest.raises(HVAEError, match="finite"):
+            parse_edits([bad])
+    code, err = _error_of(["edit", "x.png", "--set", "brightness=nan", "-o", "out"], capsys)
+    assert code == 2 and "--set brightness=nan: the strength must be a finite number" in err
+    with pytest.raises(SystemExit):
+        main(["generate", "-o", "out", "--temperature", "inf"])
+    assert "must be a finite number" in capsys.readouterr().err
+
+
+def test_compress_refuses_bad_outputs_before_any_work(tmp_path, capsys):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    for i, path in enumerate((a, b)):
+        ShapesDataset(1, seed=i, size=64)[0][0].save(path)
+    original = a.read_bytes()
+    # --model names nothing: every refusal must come before the model is even looked for.
+    compress = ["compress", str(a), str(b), "--model", str(tmp_path / "no-model")]
+    code, err = _error_of([*compress, "-o", str(a)], capsys)
+    assert code == 2 and "is one of the inputs" in err and a.read_bytes() == original
+    code, err = _error_of([*compress, "-o", str(tmp_path)], capsys)
+    assert code == 2 and "is a folder" in err
+    (tmp_path / "old.hvz").write_bytes(b"keep me")
+    code, err = _error_of([*compress, "-o", str(tmp_path / "old.hvz")], capsys)
+    assert code == 2 and "--force" in err and (tmp_path / "old.hvz").read_bytes() == b"keep me"
+    code, err = _error_of([*compress, "-o", str(a / "x.hvz")], capsys)
+    assert code == 2 and "cannot be created" in err and "is a file" in err
+    code, err = _error_of(["edit", str(a), "--set", "x=1", "-o", str(b)], capsys)
+    assert code == 2 and "is not a folder" in err
+
+
+def test_compress_force_overwrites_and_reports_the_bytes_info_reports(tmp_path, capsys):
+    from tests.conftest import tiny_codec
+
+    codec = tmp_path / "codec"
+    tiny_codec().save_pretrained(codec)
+    image = tmp_path / "a.png"
+    ShapesDataset(1, seed=0, size=64)[0][0].save(image)
+    archive = tmp_path / "a.hvz"
+    archive.write_bytes(b"an old archive")
+    compress = ["compress", str(image), "-o", str(archive), "--model", str(codec)]
+    assert main([*compress, "--refine-steps", "0", "--force"]) == 0
+    compressed = capsys.readouterr().out
+    assert main(["info", str(archive)]) == 0
+    total = capsys.readouterr().out.strip().splitlines()[-1]
+    size = f"{archive.stat().st_size} bytes"
+    assert size in compressed and size in total  # the whole file, in both
+    assert total.split("images, ", 1)[1] in compressed
+
+
+def test_compress_tells_what_it_changed_in_a_transparent_picture(tmp_path, capsys):
+    from tests.conftest import tiny_codec
+
+    codec = tmp_path / "codec"
+    tiny_codec().save_pretrained(codec)
+    image = tmp_path / "cutout.png"
+    picture = ShapesDataset(1, seed=0, size=64)[0][0].convert("RGBA")
+    picture.putalpha(128)
+    picture.save(image)
+    archive = tmp_path / "a.hvz"
+    assert main(["compress", str(image), "-o", str(archive), "--model", str(codec)]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "cutout.png" in err
+
+
+def test_os_errors_become_one_line(monkeypatch, capsys):
+    import hvae.cli.codec
+
+    def unwritable(args):
+        raise PermissionError(13, "Permission denied", "/nowhere/out.hvz")
+
+    monkeypatch.setattr(hvae.cli.codec, "cmd_info", unwritable)
+    assert main(["info", "x.hvz"]) == 1
+    assert capsys.readouterr().err == "hvae info: error: /nowhere/out.hvz: Permission denied\n"
+
+
+# ---------------------------------------------------------------- processes
+def _tiny_archive(path) -> None:
+    """An archive of records with dummy payloads: enough for 'hvae info', no model needed."""
+    from hvae.codec import STEP, ArchiveWriter, Record
+
+    with ArchiveWriter(path, "0123456789abcdef") as writer:
+        for i in range(3):
+            writer.add(Record(f"image{i}.png", 16, 16, 4, STEP.pack(0.5) + bytes(4 * (i + 1))))
+
+
+def test_info_into_a_closed_pipe_ends_quietly(tmp_path):
+    import subprocess
+    import sys
+
+    archive = tmp_path / "a.hvz"
+    _tiny_archive(archive)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hvae.cli", "info", "--json", str(archive)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    process.stdout.close()  # as `| head -1` does, before hvae has written anything
+    err = process.stderr.read().decode()
+    assert process.wait() == 141 and err == ""
+
+
+def test_the_cli_imports_neither_torch_nor_the_pipelines(tmp_path):
+    import subprocess
+    import sys
+
+    archive = tmp_path / "a.hvz"
+    _tiny_archive(archive)
+    heavy = ("torch", "diffusers", "pipelines", "PIL", "numpy")
+    script = (
+        "import sys\n"
+        "from hvae.cli import build_parser, main\n"
+        "build_parser().format_help()\n"
+        f"assert main(['info', {str(archive)!r}]) == 0\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_sigterm_ends_a_job_like_ctrl_c(tiny_pipeline_dir, tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "g"
+    command = [sys.executable, "-m", "hvae.cli", "generate", "-n", "200", "-o", str(out)]
+    command += ["--prior", "model", "--batch-size", "1", "--model", str(tiny_pipeline_dir)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    manifest = out / "manifest.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (
+        not manifest.exists() or len(manifest.read_text().splitlines()) < 2
+    ):
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGTERM)
+    err = process.stderr.read().decode()
+    assert process.wait() == 130  # as after Ctrl-C
+    assert "hvae generate: interrupted (stopped by signal 15)" in err and "Traceback" not in err
+    lines = manifest.read_text().splitlines()
+    assert 2 <= len(lines) < 200 and all(json.loads(line)["index"] >= 0 for line in lines)
+
+
+def test_edit_refuses_strengths_outside_a_directions_range_before_any_work(
+    tiny_pipeline_dir, tmp_path, capsys
+):
+    import json
+
+    path = tiny_pipeline_dir / "directions" / "directions.json"
+    saved = json.loads(path.read_text())
+    saved["brighter"]["range"] = [-0.5, 1.25]
+    path.write_text(json.dumps(saved))
+    image = tmp_path / "x.png"
+    ShapesDataset(1, seed=1, size=64)[0][0].save(image)
+    out = tmp_path / "e"
+    for strength in ("1e9", "1.5", "-0.75"):
+        code, err = _error_of(
+            [
+                "edit",
+                str(image),
+                "--set",
+                f"brighter={strength}",
+                "-o",
+                str(out),
+                "--model",
+                str(tiny_pipeline_dir),
+            ],
+            capsys,
+        )
+        assert code == 2 and "direction 'brighter' takes strengths from -0.5 to 1.25" in err
+        assert not out.exists()
+    assert main(["directions", "list", "--model", str(tiny_pipeline_dir)]) == 0
+    listed = capsys.readouterr().out
+    assert "strengths" in listed and "-0.5 to 1.25" in listed
+    assert main(["directions", "list", "--json", "--model", str(tiny_pipeline_dir)]) == 0
+    assert json.loads(capsys.readouterr().out)["brighter"]["range"] == [-0.5, 1.25]

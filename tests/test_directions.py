@@ -114,7 +114,14 @@ def test_cli_fits_from_a_csv_and_refuses_bad_columns(
     pipe = HVAEPipeline.from_pretrained(out)
     assert {"floor_hue", "scale"} <= set(pipe.directions)
     meta = pipe.direction_metadata()["scale"]
-    assert meta == {"group": 0, "source": "labels", "units": "sd", "kind": "field", "groups": [0]}
+    assert meta == {
+        "group": 0,
+        "source": "labels",
+        "units": "sd",
+        "range": [-3.0, 3.0],  # a fresh fit is not measured: the default range
+        "kind": "field",
+        "groups": [0],
+    }
 
     capsys.readouterr()
     assert main(["directions", "list", "--model", str(out), "--json"]) == 0
@@ -430,6 +437,7 @@ def test_feature_flow_edits_compose_hold_the_latents_and_survive_save_and_load(
         "group": 0,
         "source": "auto",
         "units": "sd",
+        "range": [-3.0, 3.0],
         "kind": "feature-flow",
         "groups": [],
     }
@@ -469,3 +477,98 @@ def test_feature_flow_edits_compose_hold_the_latents_and_survive_save_and_load(
     codes.latents[0] = codes.latents[0] + 1.0
     changed = pipe.decode_tensor(pipe.edit(codes, {"warmth": 1.0}))
     assert not torch.allclose(first, changed, atol=1e-3)
+
+
+# ---------------------------------------------------------------- strength ranges
+def test_each_direction_keeps_its_range_and_edits_refuse_strengths_outside_it(
+    tiny_pipeline, tmp_path
+):
+    import json
+
+    channels = tiny_pipeline.hvae.latent_groups[0].z_channels
+    tiny_pipeline.register_direction("a", torch.ones(channels), strength_range=(-1.0, 2.0))
+    tiny_pipeline.register_direction("b", torch.ones(channels))
+    assert tiny_pipeline.direction_metadata()["a"]["range"] == [-1.0, 2.0]
+    assert tiny_pipeline.strength_range("b") == directions.DEFAULT_STRENGTH_RANGE
+    tiny_pipeline.save_pretrained(tmp_path / "p")
+    saved = json.loads((tmp_path / "p" / "directions" / "directions.json").read_text())
+    assert saved["a"]["range"] == [-1.0, 2.0]
+
+    # A folder saved before ranges existed: its directions get the documented default.
+    del saved["a"]["range"]
+    (tmp_path / "p" / "directions" / "directions.json").write_text(json.dumps(saved))
+    assert HVAEPipeline.from_pretrained(tmp_path / "p").strength_range("a") == (-3.0, 3.0)
+
+    codes = tiny_pipeline.encode(ShapesDataset(1, seed=1, size=64)[0][0])
+    assert tiny_pipeline.edit(codes, {"a": 2.0, "b": -3.0}).latents[0] is not None
+    for strength in (2.01, -1.5, float("nan"), float("inf"), 1e9):
+        with pytest.raises(HVAEError, match="direction 'a' takes strengths from -1 to 2"):
+            tiny_pipeline.edit(codes, {"a": strength})
+
+
+@pytest.mark.parametrize("bad", [[0.5, 2.0], [-1.0, -0.5], [-1.0], ["low", 1.0], [None, 1]])
+def test_saved_ranges_that_are_not_ranges_are_refused_on_load(tiny_pipeline_dir, bad):
+    import json
+
+    path = tiny_pipeline_dir / "directions" / "directions.json"
+    saved = json.loads(path.read_text())
+    saved["brighter"]["range"] = bad
+    path.write_text(json.dumps(saved))
+    with pytest.raises(HVAEError, match="direction 'brighter': range must be"):
+        HVAEPipeline.from_pretrained(tiny_pipeline_dir)
+
+
+def _with_fields(folder, spec):
+    import json
+
+    (folder / "directions" / "fields.json").write_text(json.dumps([spec]))
+    return folder
+
+
+def test_fields_json_is_checked_against_bounds_and_the_model_before_anything_is_built(
+    tiny_pipeline_dir, monkeypatch
+):
+    from hvae.directions import kinds
+
+    editor = {"kind": "feature-editor", "names": ["x"], "units": ["sd"], "channels": 4}
+    cases = [
+        (editor | {"width": 10**9, "blocks": 1}, "width must be between 1 and 4096"),
+        (
+            editor | {"width": 8, "blocks": 1, "channels": 3},
+            "3-channel features; this model's have 4",
+        ),
+        (editor | {"width": "8", "blocks": 1}, "needs 'width' \\(int\\)"),
+        ({"kind": "feature-flow", "names": ["x"], "channels": 10**12}, "channels must be between"),
+        (
+            {"kind": "moments", "names": ["x"], "group_channels": [5], "detail_channels": 4},
+            "groups of \\[5\\]",
+        ),
+        (
+            {
+                "kind": "field",
+                "names": ["x"],
+                "groups": [99],
+                "dim": 4,
+                "components": 2,
+                "hidden": 8,
+            },
+            "latent groups \\[99\\]",
+        ),
+        (
+            {"kind": "field", "names": [], "groups": [0], "dim": 4, "components": 2, "hidden": 8},
+            "1 to 256 attribute names",
+        ),
+        ({"kind": "warp"}, "unknown kind"),
+    ]
+    for spec, message in cases:
+        _with_fields(tiny_pipeline_dir, spec)
+        with pytest.raises(HVAEError, match=f"fields.json: entry 0: .*{message}"):
+            HVAEPipeline.from_pretrained(tiny_pipeline_dir)
+    # Within every bound but too large as a whole: counted without allocating, then refused.
+    monkeypatch.setattr(kinds, "MAX_ELEMENTS", 1000)
+    _with_fields(tiny_pipeline_dir, editor | {"width": 8, "blocks": 1})
+    with pytest.raises(HVAEError, match="feature-editor direction set of [0-9,]+ weights is over"):
+        HVAEPipeline.from_pretrained(tiny_pipeline_dir)
+    (tiny_pipeline_dir / "directions" / "fields.json").write_text("{not json")
+    with pytest.raises(HVAEError, match="fields.json: unreadable"):
+        HVAEPipeline.from_pretrained(tiny_pipeline_dir)

@@ -6,8 +6,8 @@ import torch
 
 from hvae.cli import main
 from hvae.data.images import to_pil
+from hvae.directions import FeatureEditor
 from hvae.errors import HVAEError
-from hvae.feature_editor import FeatureEditor
 from pipelines import HVAEPipeline
 
 

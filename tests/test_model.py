@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from hvae.model import HierarchicalVAE, LatentGroup, discretized_gaussian_log_prob, parse_spec
+from hvae.layers import LatentGroup, discretized_gaussian_log_prob, parse_spec
+from hvae.model import HierarchicalVAE
 from hvae.train_hvae import make_hvae
 
 from .conftest import tiny_hvae

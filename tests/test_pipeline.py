@@ -75,3 +75,11 @@ def test_images_of_any_size_encode_and_decode_back_to_their_size(tiny_pipeline):
         "up", torch.ones(tiny_pipeline.hvae.latent_groups[0].z_channels)
     )
     assert tiny_pipeline.decode(tiny_pipeline.edit(codes, {"up": 1.0}))[0].size == (37, 29)
+
+
+def test_encode_refuses_sizes_that_padding_makes_too_large_or_too_thin(tiny_pipeline):
+    from PIL import Image
+
+    assert tiny_pipeline.pixel_multiple == 16
+    with pytest.raises(HVAEError, match="8000x1 \\(padded to 8000x16\\) is more than 256 times"):
+        tiny_pipeline.encode([Image.new("RGB", (8000, 1))])

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import collections
-import json
+import os
 import shutil
 import tempfile
 import threading
@@ -30,18 +30,36 @@ from hvae.codec import ArchiveError, ArchiveWriter, DamagedRecord, Record
 from hvae.codec_settings import DEFAULT_QUALITY, DEFAULT_REFINE_STEPS, TUNINGS
 from hvae.data.images import load_image, to_tensor
 from hvae.errors import HVAEError
+from hvae.loading import (
+    CODEC_CLASS,
+    bundled_names,
+    bundled_path,
+    check_worth_sampling,
+    load_pipeline,
+    pipeline_class,
+)
+from hvae.safe_io import check_image_size
 from pipelines.compression_pipeline import QUALITY_STEPS
 
 MAX_SLIDERS = 16
-UPLOAD_MAX_PIXELS = 16_000_000  # a UI upload larger than this is refused before decoding
+# An upload whose size, padded to the model's pixel multiple, is larger than this is refused
+# before its pixels are decoded.
+UPLOAD_MAX_PIXELS = 16_000_000
+# Any one uploaded file: Gradio refuses larger ones as they arrive (see ``EditorApp``), and
+# the handlers check again, for a server launched some other way. A 16 MP RGBA PNG stored
+# uncompressed is 64 MB.
+MAX_UPLOAD_BYTES = 100 * 2**20
+# Gradio's own copies of uploads and outputs: every hour, those over an hour old are deleted
+# (and all of them when the server stops).
+GRADIO_CACHE_CLEANUP = (3600, 3600)
 CONCURRENCY = 2  # two CPU-bound events at a time; more only slows each down on a small CPU
 MAX_GENERATE = 32
+OWN_PRIOR = "the model's own prior"  # the Generate tab's name for prior="model"
 # Compression runs the codec at about 0.3 s per 256x256 image on 2 cores: one request
 # may hold at most this many pixels, so nobody waits minutes behind another user.
 COMPRESS_MAX_PIXELS = 8_000_000
 MAX_COMPRESS_FILES = 32
 MAX_ARCHIVE_BYTES = 64 * 2**20
-CODEC_CLASS = "HVAECompressionPipeline"
 SAMPLE_PHOTOS = Path(__file__).resolve().parents[1] / "tests" / "data" / "photos"
 COMPRESS_COLUMNS = [
     "image",
@@ -58,29 +76,23 @@ COMPRESS_COLUMNS = [
 ]
 
 
+class EditorApp(gr.Blocks):
+    """The app's Blocks: whoever launches it (``hvae ui``, the tests, the screenshots), Gradio
+    refuses uploads over ``MAX_UPLOAD_BYTES`` unless the launcher sets another limit."""
+
+    def launch(self, *args, **kwargs):
+        kwargs.setdefault("max_file_size", MAX_UPLOAD_BYTES)
+        return super().launch(*args, **kwargs)
+
+
 def bundled_models() -> dict[str, str]:
-    root = Path(__file__).resolve().parents[1] / "checkpoints"
-    names = {
-        "scenes": root / "shapes",
-        "photos": root / "photo-edit",
-        "photo codec": root / "photo",
-    }
-    return {name: str(path) for name, path in names.items() if (path / "model_index.json").exists()}
-
-
-def pipeline_class(path: str) -> str:
-    """The pipeline class a folder's ``model_index.json`` names."""
-    index = Path(path) / "model_index.json"
-    try:
-        return json.loads(index.read_text())["_class_name"]
-    except (OSError, ValueError, KeyError):
-        raise HVAEError(f"{path}: not a pipeline folder (no readable model_index.json)") from None
+    """The installed bundled pipelines under the names the CLI gives them (``--model NAME``)."""
+    paths = {name: bundled_path(name) for name in bundled_names()}
+    return {name: str(p) for name, p in paths.items() if (p / "model_index.json").exists()}
 
 
 @lru_cache(maxsize=4)
 def pipeline(path: str):
-    from hvae.cli import load_pipeline
-
     return load_pipeline(path, pipeline_class(path))
 
 
@@ -107,8 +119,8 @@ def _readable(error: Exception) -> str:
 
 
 def zip_images(images: list[Image.Image], names: list[str], archive_name: str) -> str:
-    """PNGs of ``images`` in a fresh temporary folder, zipped; returns the zip's path."""
-    folder = Path(tempfile.mkdtemp(prefix="hvae-ui-"))
+    """PNGs of ``images`` in a fresh scratch folder, zipped; returns the zip's path."""
+    folder = scratch_folder()
     archive = folder / archive_name
     with zipfile.ZipFile(archive, "w") as zipped:
         for image, name in zip(images, names, strict=True):
@@ -118,9 +130,46 @@ def zip_images(images: list[Image.Image], names: list[str], archive_name: str) -
     return str(archive)
 
 
-_served: collections.deque[Path] = collections.deque()
-_served_lock = threading.Lock()
-SERVED_KEPT = 256  # recent files kept; Gradio copies each into its cache as the event ends
+# Every file the app writes lies in one folder of its own, made on first use and removed when
+# Python exits. Outputs are needed only until Gradio has copied them into its cache as the
+# event ends, so only the most recent are kept.
+_scratch: collections.deque[Path] = collections.deque()
+_scratch_lock = threading.Lock()
+SCRATCH_KEPT = 256
+
+
+@lru_cache(maxsize=1)
+def scratch_root() -> Path:
+    return Path(tempfile.mkdtemp(prefix="hvae-ui-"))
+
+
+@atexit.register
+def remove_scratch() -> None:
+    """Delete the app's scratch folder and all in it; a later output makes a new one."""
+    with _scratch_lock:
+        if scratch_root.cache_info().currsize:
+            shutil.rmtree(scratch_root(), ignore_errors=True)
+            scratch_root.cache_clear()
+        _scratch.clear()
+
+
+def _new_scratch(make) -> Path:
+    """A new file or folder, ``make(root)``, in the scratch folder; the oldest beyond
+    ``SCRATCH_KEPT`` are deleted."""
+    with _scratch_lock:
+        path = Path(make(scratch_root()))
+        _scratch.append(path)
+        stale = [_scratch.popleft() for _ in range(max(0, len(_scratch) - SCRATCH_KEPT))]
+    for old in stale:
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def scratch_folder() -> Path:
+    return _new_scratch(lambda root: tempfile.mkdtemp(dir=root))
 
 
 def served_png(image: Image.Image) -> str:
@@ -132,23 +181,14 @@ def served_png(image: Image.Image) -> str:
     other's client is downloading it; the benchmark saw 'peer closed connection without
     sending complete message body'. Gradio copies a file path into its cache under a
     temporary name and renames it into place, so this path is never served half written."""
-    with _served_lock:
-        handle = tempfile.NamedTemporaryFile(dir=served_folder(), suffix=".png", delete=False)
-        _served.append(Path(handle.name))
-        stale = [_served.popleft() for _ in range(max(0, len(_served) - SERVED_KEPT))]
-    with handle:
-        image.save(handle, format="PNG")
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return handle.name
 
+    def new_png(root: Path) -> str:
+        with tempfile.NamedTemporaryFile(dir=root, suffix=".png", delete=False) as handle:
+            return handle.name
 
-@lru_cache(maxsize=1)
-def served_folder() -> Path:
-    """The app's folder of served PNGs, made on first use and removed when Python exits."""
-    folder = Path(tempfile.mkdtemp(prefix="hvae-ui-served-"))
-    atexit.register(shutil.rmtree, folder, True)
-    return folder
+    path = _new_scratch(new_png)
+    image.save(path, format="PNG")
+    return str(path)
 
 
 def served(outputs):
@@ -161,11 +201,27 @@ def served(outputs):
     return outputs
 
 
-def slider_updates(models: dict[str, str], model: str) -> list:
+def slider_step(low: float) -> float:
+    """About 0.05, and a whole number of steps from ``low`` to 0: a slider's values are its
+    minimum plus whole steps, and 0 (no edit) must be one of them."""
+    return 0.05 if low == 0 else -low / max(1, round(-low / 0.05))
+
+
+def slider_settings(models: dict[str, str], model: str) -> list[dict]:
+    """The settings of every slider for ``model``: one per direction, at 0, spanning exactly
+    the direction's strength range; the rest hidden."""
     is_codec = pipeline_class(models[model]) == CODEC_CLASS
-    names = [] if is_codec else pipeline(models[model]).directions[:MAX_SLIDERS]
-    updates = [gr.update(visible=True, label=name, value=0.0) for name in names]
-    return updates + [gr.update(visible=False, value=0.0)] * (MAX_SLIDERS - len(names))
+    pipe = None if is_codec else pipeline(models[model])
+    settings = []
+    for name in [] if is_codec else pipe.directions[:MAX_SLIDERS]:
+        low, high = pipe.strength_range(name)
+        settings.append({"label": name, "minimum": low, "maximum": high, "step": slider_step(low)})
+    hidden = {"label": None, "visible": False}
+    return [{"visible": True, **s} for s in settings] + [hidden] * (MAX_SLIDERS - len(settings))
+
+
+def slider_updates(models: dict[str, str], model: str) -> list:
+    return [gr.update(value=0.0, **s) for s in slider_settings(models, model)]
 
 
 def sample_images() -> dict[str, Image.Image]:
@@ -195,14 +251,26 @@ def encode_image(models: dict[str, str], model: str, image: Image.Image):
     return codes, image, pipe.decode(codes)[0]
 
 
+def load_upload(path: str, multiple: int) -> Image.Image:
+    """An uploaded image file, refused with a ``gr.Error`` naming it before any pixel is
+    decoded when the file is over ``MAX_UPLOAD_BYTES`` or its size, read from the header
+    and padded to ``multiple`` (the model's pixel multiple), is over ``UPLOAD_MAX_PIXELS``
+    or too thin (``check_image_size``)."""
+    name = Path(path).name
+    size = os.stat(path).st_size
+    if size > MAX_UPLOAD_BYTES:
+        raise gr.Error(f"{name}: {size:,} bytes, over the upload limit of {MAX_UPLOAD_BYTES:,}")
+    try:
+        return load_image(path, max_pixels=UPLOAD_MAX_PIXELS, multiple=multiple)
+    except HVAEError as error:
+        raise gr.Error(f"{name}: {_readable(error)}") from None
+
+
 def encode_upload(models: dict[str, str], model: str, path: str | None):
     """Upload -> (codes kept in the session, the image as uploaded, the unedited decode)."""
     if not path:
         raise gr.Error("upload an image first")
-    try:
-        image = load_image(path, max_pixels=UPLOAD_MAX_PIXELS)
-    except HVAEError as error:
-        raise gr.Error(_readable(error)) from None
+    image = load_upload(path, editor(models, model).pixel_multiple)
     return encode_image(models, model, image)
 
 
@@ -211,11 +279,13 @@ def apply_edits(models: dict[str, str], model: str, codes, *strengths: float) ->
         raise gr.Error("upload an image first")
     pipe = editor(models, model)
     edits = {
-        name: float(s)
-        for name, s in zip(pipe.directions[:MAX_SLIDERS], strengths, strict=False)
-        if s
+        name: s for name, s in zip(pipe.directions[:MAX_SLIDERS], strengths, strict=False) if s
     }
-    return pipe.decode(pipe.edit(codes, edits) if edits else codes)[0]
+    try:  # the sliders end at each range; a call to the API can go past them
+        edited = pipe.edit(codes, edits) if edits else codes
+    except HVAEError as error:
+        raise gr.Error(str(error)) from None
+    return pipe.decode(edited)[0]
 
 
 def generate(
@@ -232,11 +302,32 @@ def generate(
     if prior not in ("auto", "model"):
         raise gr.Error(f"prior must be 'auto' or 'model', got {prior!r}")
     pipe = editor(models, model)
+    refusal = refusal_to_sample(models, model, prior)
+    if refusal:
+        raise gr.Error(refusal)
     images = pipe.sample(count, temperature=float(temperature), seed=int(seed), prior=prior)
     names = [f"sample_{i:03d}" for i in range(len(images))]
     drawn = "" if prior == "auto" else "_model-prior"
     archive = f"samples_seed{int(seed)}_t{float(temperature):g}{drawn}.zip"
     return images, zip_images(images, names, archive)
+
+
+def refusal_to_sample(models: dict[str, str], model: str, prior: str = "auto") -> str | None:
+    """Why Generate refuses to sample ``model`` from ``prior`` (the CLI's own check, see
+    ``check_worth_sampling``), or None when it samples."""
+    try:
+        check_worth_sampling(editor(models, model), model, prior, anyway=f"pick {OWN_PRIOR!r}")
+    except HVAEError as error:
+        return str(error)
+    return None
+
+
+def sampling_note(models: dict[str, str], model: str) -> str:
+    """What the Generate tab says under its settings about the selected pipeline."""
+    if pipeline_class(models[model]) == CODEC_CLASS:
+        return ""
+    refusal = refusal_to_sample(models, model)
+    return f"**The default prior is refused for this pipeline.** {refusal}" if refusal else ""
 
 
 def _codec(models: dict[str, str]):
@@ -274,12 +365,7 @@ def compress_uploads(
     if len(paths) > MAX_COMPRESS_FILES:
         raise gr.Error(f"at most {MAX_COMPRESS_FILES} images at a time, got {len(paths)}")
     pipe = _codec(models)
-    images = []
-    for path in paths:
-        try:
-            images.append(load_image(path, max_pixels=UPLOAD_MAX_PIXELS))
-        except HVAEError as error:
-            raise gr.Error(f"{Path(path).name}: {_readable(error)}") from None
+    images = [load_upload(path, pipe.pixel_multiple) for path in paths]
     total = sum(image.width * image.height for image in images)
     if total > COMPRESS_MAX_PIXELS:
         raise gr.Error(
@@ -287,8 +373,7 @@ def compress_uploads(
         )
     quality = int(quality)
     names = _unique_stems(paths)
-    folder = Path(tempfile.mkdtemp(prefix="hvae-compress-"))
-    archive = folder / ("images.hvz" if len(names) > 1 else f"{names[0]}.hvz")
+    archive = scratch_folder() / ("images.hvz" if len(names) > 1 else f"{names[0]}.hvz")
     rows, decoded_images = [], []
     try:
         with ArchiveWriter(archive, pipe.fingerprint()) as writer:
@@ -341,9 +426,10 @@ def decompress_upload(models: dict[str, str], path: str | None):
         if isinstance(record, DamagedRecord):
             damaged.append(str(record))
             continue
-        if record.height * record.width > UPLOAD_MAX_PIXELS:
-            # The size is the archive's claim: refuse it before allocating anything.
-            damaged.append(f"{record.name}: {record.width}x{record.height} is over the pixel limit")
+        try:  # the size is the archive's claim: refuse it before allocating anything
+            check_image_size(record.width, record.height, pipe.pixel_multiple, UPLOAD_MAX_PIXELS)
+        except HVAEError as error:
+            damaged.append(f"{record.name}: {error}")
             continue
         try:
             gallery.append(
@@ -372,11 +458,9 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
     # The dropdown picks what Edit and Generate use; the Compress tab always uses the codec.
     editors = [n for n, path in models.items() if pipeline_class(path) != CODEC_CLASS]
     first = (editors or list(models))[0]
-    is_codec = pipeline_class(models[first]) == CODEC_CLASS
-    directions = [] if is_codec else pipeline(models[first]).directions[:MAX_SLIDERS]
     codec = codec_name(models)
 
-    with gr.Blocks(title="hvae editor") as app:
+    with EditorApp(title="hvae editor", delete_cache=GRADIO_CACHE_CLEANUP) as app:
         gr.Markdown(
             "# Hierarchical-VAE editor and codec\nEdit: upload an image, then move the sliders. "
             "Compress: upload images, get a `.hvz` archive and a comparison with JPEG."
@@ -395,16 +479,8 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
                     type="pil", label="after", interactive=False, format="png", elem_id="after"
                 )
             sliders = [
-                gr.Slider(
-                    -3,
-                    3,
-                    value=0.0,
-                    step=0.1,
-                    label=directions[i] if i < len(directions) else None,
-                    visible=i < len(directions),
-                    elem_id=f"slider-{i}",
-                )
-                for i in range(MAX_SLIDERS)
+                gr.Slider(value=0.0, elem_id=f"slider-{i}", **settings)
+                for i, settings in enumerate(slider_settings(models, first))
             ]
             with gr.Row():
                 samples = sample_images()
@@ -417,13 +493,11 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
                 temperature = gr.Slider(0.0, 1.5, value=0.8, step=0.05, label="temperature")
                 count = gr.Slider(1, MAX_GENERATE, value=8, step=1, label="count")
                 prior = gr.Radio(
-                    [
-                        ("fitted to real images' latents (when the model has one)", "auto"),
-                        ("the model's own prior", "model"),
-                    ],
+                    [("fitted to real images' latents", "auto"), (OWN_PRIOR, "model")],
                     value="auto",
                     label="top latent groups drawn from",
                 )
+            note = gr.Markdown(sampling_note(models, first), elem_id="sampling-note")
             run = gr.Button("generate")
             gallery = gr.Gallery(label="samples", columns=8)
             archive = gr.File(label="download all (zip)")
@@ -533,9 +607,15 @@ def build_app(models: dict[str, str] | None = None) -> gr.Blocks:
             api_name="reset",
         )
         model.change(
-            lambda name: [None, None, None] + slider_updates(models, name),
+            lambda name: [
+                None,
+                None,
+                None,
+                *slider_updates(models, name),
+                sampling_note(models, name),
+            ],
             [model],
-            [codes, before, after, *sliders],
+            [codes, before, after, *sliders, note],
             api_name="switch",
         )
 

@@ -4,12 +4,12 @@ Where an image's factors can be changed one at a time (a renderer, a camera rig,
 an editor's before/after), pairs of an image and its counterfactual show exactly
 what a slider should do. ``FeatureEditor`` learns that map: given an image's
 stage-1 features and the requested change of every attribute, it predicts the
-counterfactual's features. Directions fitted across images by regression (the
-fields in ``hvae.directions``) carry whatever merely comes with an attribute in
-those images and the errors of a linear read-out; on the scenes, moving a hue
-that way tilted the floor in half of the held-out cases. Trained on pairs, the
-network is told that everything not named stays, and it learns where each factor
-lives in the picture (the floor, the wall, the object's silhouette and shading).
+counterfactual's features. Directions fitted across images by regression (fields,
+moments) carry whatever merely comes with an attribute in those images and the
+errors of a linear read-out; on the scenes, moving a hue that way tilted the
+floor in half of the held-out cases. Trained on pairs, the network is told that
+everything not named stays, and it learns where each factor lives in the picture
+(the floor, the wall, the object's silhouette and shading).
 
 Strengths are the change in sds of the attribute over the fitting images, as for
 every other direction; a binary attribute (one of several classes, such as the
@@ -223,40 +223,3 @@ class FeatureEditor(nn.Module):
             n: float(1 - r / max(c, 1e-12))
             for n, r, c in zip(self.names, residual, change, strict=True)
         }
-
-
-@torch.no_grad()
-def scene_pairs(stage1, n: int, seed: int, size: int, per_scene: int, batch_size: int = 256):
-    """Stage-1 features of ``n`` rendered scenes and of ``per_scene`` counterfactuals of each
-    (``hvae.data.shapes.edit_pair``), with the strengths that lead to them: (sources,
-    targets, source_index, strengths, names, units). Continuous factors are in sds over the
-    ``n`` scenes, shapes in class units."""
-    from tqdm.auto import tqdm
-
-    from hvae.data.images import to_tensor
-    from hvae.data.shapes import FACTOR_RANGES, SHAPES, ShapesDataset, edit_pair, render_factors
-
-    dataset = ShapesDataset(n, seed=seed, size=size)
-    factors = [dataset.factors(i) for i in range(n)]
-    continuous = list(FACTOR_RANGES)
-    names, units = continuous + list(SHAPES), ["sd"] * len(continuous) + ["class"] * len(SHAPES)
-    spread = {name: float(np.std([getattr(f, name) for f in factors])) for name in continuous}
-    scale = torch.tensor([spread.get(name, 1.0) for name in names])
-    # The pairs' own stream, apart from the scenes': one more seed word.
-    rng = np.random.default_rng([seed, n, per_scene])
-    wanted = [(i, *edit_pair(factors[i], rng)) for i in range(n) for _ in range(per_scene)]
-    source_index = torch.tensor([i for i, _, _ in wanted])
-    strengths = (
-        torch.tensor([[change.get(name, 0.0) for name in names] for _, _, change in wanted]) / scale
-    )
-
-    def encode(all_factors, desc):
-        features = []
-        for start in tqdm(range(0, len(all_factors), batch_size), desc=desc, dynamic_ncols=True):
-            images = [render_factors(f, size) for f in all_factors[start : start + batch_size]]
-            features.append(stage1.encode(to_tensor(images)).float().cpu())
-        return torch.cat(features)
-
-    sources = encode(factors, "rendering scenes")
-    targets = encode([target for _, target, _ in wanted], "rendering counterfactuals")
-    return sources, targets, source_index, strengths.float(), names, units

@@ -1,5 +1,4 @@
-"""The photo and compression commands of ``hvae``: prepare-photos, train-codec, compress,
-decompress, info and benchmark rd. ``hvae.cli`` registers them with ``add_codec_commands``."""
+"""Compression commands of ``hvae``: compress, decompress, info and benchmark rd."""
 
 from __future__ import annotations
 
@@ -7,65 +6,34 @@ import json
 import sys
 from pathlib import Path
 
-from hvae.cli import bundled_model, load_pipeline, non_negative_int
+from hvae.cli.common import (
+    add_model_arg,
+    check_output_file,
+    check_output_folder,
+    non_negative_int,
+    positive_int,
+)
 from hvae.codec_settings import DEFAULT_QUALITY, DEFAULT_REFINE_STEPS, QUALITY_LEVELS, TUNINGS
+from hvae.errors import HVAEError
+from hvae.loading import load_codec, resolve_model
 
 
-def default_codec_model() -> str:
-    """The bundled photo compression pipeline, or $HVAE_CODEC_MODEL."""
-    return bundled_model("photo", "HVAE_CODEC_MODEL")
+def archive_size(info: dict) -> str:
+    """An archive's size as ``hvae compress`` and ``hvae info`` both print it."""
+    from hvae.archive_info import format_bpp
 
-
-def load_codec(path: str):
-    return load_pipeline(path, "HVAECompressionPipeline")
-
-
-def cmd_prepare_photos(args) -> int:
-    from collections import Counter
-
-    from hvae.data.wallpapers import prepare_wallpapers
-
-    pictures = prepare_wallpapers(
-        args.out,
-        work_dir=args.work,
-        held_out={"photo": args.heldout_photos, "graphic": args.heldout_graphics},
+    return (
+        f"{info['total_bytes']} bytes, {format_bpp(info['bpp'])} bpp "
+        "(whole file, headers and index included, over all pixels)"
     )
-    counts = Counter(f"{p.split}/{p.kind}" for p in pictures)
-    print(
-        f"{len(pictures)} pictures -> {args.out}: "
-        + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-    )
-    print(f"provenance: {Path(args.out) / 'provenance.json'}")
-    return 0
-
-
-def cmd_train_codec(args) -> int:
-    from hvae.cli import _training_config
-    from hvae.train_codec import train_codec
-    from hvae.training import process_state
-
-    config = _training_config(args, args.out)
-    train_codec(
-        args.autoencoder,
-        args.data,
-        args.out,
-        config,
-        preset=args.preset,
-        crop=tuple(args.crop),
-        scales=tuple(args.scales),
-        min_step=args.min_step,
-        max_step=args.max_step,
-        cache_dir=args.cache_dir,
-        resume=not args.no_resume,
-        init_from=args.init_from,
-    )
-    if process_state().is_main_process:
-        print(f"saved the compression pipeline (autoencoder + hvae) to {args.out}")
-    return 0
 
 
 def cmd_compress(args) -> int:
-    pipe = load_codec(args.model)
+    from hvae.archive_info import archive_info
+
+    check_output_file(args.out, args.inputs, args.force)
+    model = resolve_model(args.model, "codec")
+    pipe = load_codec(model, purpose="compress")
     compute = None
     if args.ray_workers:
         from functools import partial
@@ -73,7 +41,7 @@ def cmd_compress(args) -> int:
         from hvae.distributed import map_on_ray
 
         compute = partial(
-            map_on_ray, model=args.model, workers=args.ray_workers, batch_size=args.batch_size
+            map_on_ray, model=model, workers=args.ray_workers, batch_size=args.batch_size
         )
     summary = pipe.compress_files(
         args.inputs,
@@ -82,22 +50,32 @@ def cmd_compress(args) -> int:
         compute=compute,
         refine_steps=args.refine_steps,
         tune=args.tune,
+        overwrite=args.force,
     )
     for message in summary.skipped:
         print(f"skipped: {message}", file=sys.stderr)
+    for message in summary.warnings:
+        print(f"warning: {message}", file=sys.stderr)
+    if summary.resumed:
+        print(f"continued {summary.resumed} images from {args.out}.partial", file=sys.stderr)
     print(
-        f"{summary.images} images -> {args.out}: {summary.bytes} bytes, {summary.bpp:.4f} bpp "
-        f"(quality {args.quality})"
-        + (f", {len(summary.skipped)} skipped" if summary.skipped else "")
+        f"{summary.images} images at quality {args.quality} -> {args.out}: "
+        + archive_size(archive_info(args.out))
+        + (f"; {len(summary.skipped)} skipped" if summary.skipped else "")
     )
     return 1 if summary.skipped else 0
 
 
 def cmd_decompress(args) -> int:
-    pipe = load_codec(args.model)
-    summary = pipe.decompress_archive(args.archive, args.out, only=args.only)
+    if not Path(args.archive).is_file():
+        raise HVAEError(f"{args.archive}: no such archive")
+    check_output_folder(args.out)
+    pipe = load_codec(args.model, purpose="decompress")
+    summary = pipe.decompress_archive(args.archive, args.out, only=args.only, overwrite=args.force)
     for message in summary.damaged:
         print(f"damaged: {message}", file=sys.stderr)
+    for message in summary.renamed:
+        print(f"renamed (its path was taken): {message}", file=sys.stderr)
     if not summary.complete:
         print(
             f"warning: {args.archive} has no valid index (cut short?); "
@@ -109,7 +87,7 @@ def cmd_decompress(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from pipelines.compression_pipeline import archive_info
+    from hvae.archive_info import archive_info, format_bpp
 
     info = archive_info(args.archive)
     if args.json:
@@ -126,14 +104,11 @@ def cmd_info(args) -> int:
             size = f"{image['width']}x{image['height']}"
             print(
                 f"{image['name']:<{width}}  {size:>11}  {image['quality']:>2}  "
-                f"{image['bytes']:>9}  {image['bpp']:>7.4f}"
+                f"{image['bytes']:>9}  {format_bpp(image['bpp']):>7}"
             )
         for message in info["damaged"]:
             print(f"damaged: {message}")
-        print(
-            f"total: {len(info['images'])} images, {info['total_bytes']} bytes, "
-            f"{info['bpp']:.4f} bpp (file bytes over all pixels)"
-        )
+        print(f"total: {len(info['images'])} images, {archive_size(info)}")
     return 1 if info["damaged"] or not info["complete"] else 0
 
 
@@ -152,71 +127,7 @@ def cmd_benchmark_rd(args) -> int:
     return 0
 
 
-def add_codec_commands(sub, add_training_args, positive_int) -> None:
-    p = sub.add_parser(
-        "prepare-photos",
-        help="download Debian's wallpaper packages and make the photo train/held-out folders",
-        description="apt-get download the wallpaper packages, unpack them, keep the largest copy of every "
-        "picture (their resolution variants are one group), and split whole pictures into OUT/train and "
-        "OUT/heldout, each with photo/ and graphic/ sub-folders. OUT/provenance.json records every file's "
-        "package, version, source path, size and sha256; OUT/licenses holds the packages' copyright files.",
-    )
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument(
-        "--work", help="keep downloaded and unpacked packages here (default: a temp dir)"
-    )
-    p.add_argument(
-        "--heldout-photos", type=int, default=6, help="photographs held out (default: 6)"
-    )
-    p.add_argument(
-        "--heldout-graphics", type=int, default=4, help="illustrations held out (default: 4)"
-    )
-    p.set_defaults(func=cmd_prepare_photos)
-
-    p = sub.add_parser(
-        "train-codec",
-        help="train the HVAE entropy model of a compression pipeline",
-        description="Encode every image of --data (at each --scales) with the autoencoder once, then train a "
-        "rate-conditioned hierarchical VAE on random feature crops, each at a random quantization step in "
-        "[--min-step, --max-step]. Saves a compression pipeline folder (autoencoder + hvae) to --out.",
-    )
-    p.add_argument("--autoencoder", required=True, help="stage-1 diffusers autoencoder folder")
-    p.add_argument("--data", required=True, help="folder of training images")
-    p.add_argument("--out", required=True, help="output pipeline folder")
-    p.add_argument("--preset", default="base", help="entropy-model architecture: base or tiny")
-    p.add_argument(
-        "--init-from",
-        metavar="DIR",
-        help="continue from the entropy model of this compression pipeline folder (its "
-        "architecture replaces --preset); OUT/run checkpoints still take precedence",
-    )
-    p.add_argument(
-        "--crop",
-        type=positive_int,
-        nargs="+",
-        default=[32],
-        help="feature crop side; several sides mix crop shapes, each step drawing its height "
-        "and width from them, with --batch-size crops of the smallest side's area (default: 32)",
-    )
-    p.add_argument(
-        "--scales",
-        type=float,
-        nargs="+",
-        default=[1.0, 0.5, 0.25],
-        help="image scales (default: 1 0.5 0.25)",
-    )
-    p.add_argument(
-        "--min-step", type=float, default=0.1, help="smallest quantization step (default: 0.1)"
-    )
-    p.add_argument(
-        "--max-step", type=float, default=3.0, help="largest quantization step (default: 3.0)"
-    )
-    add_training_args(p, steps=3000, batch_size=16, lr=1e-3)
-    p.set_defaults(func=cmd_train_codec)
-
-    model_help = (
-        "compression pipeline folder (default: the bundled photo pipeline, or $HVAE_CODEC_MODEL)"
-    )
+def add_commands(sub) -> None:
     p = sub.add_parser(
         "compress",
         help="compress images into one .hvz archive",
@@ -227,6 +138,7 @@ def add_codec_commands(sub, add_training_args, positive_int) -> None:
     )
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("-o", "--out", required=True, help="output archive, e.g. photos.hvz")
+    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     p.add_argument(
         "--quality",
         type=int,
@@ -253,7 +165,7 @@ def add_codec_commands(sub, add_training_args, positive_int) -> None:
         "With 15 iterations on training photos, ms-ssim saved 18 %% of the bits at equal MS-SSIM "
         "and 8 %% at equal PSNR; psnr saved 9 %% and 16 %% (default: psnr)",
     )
-    p.add_argument("--model", default=default_codec_model(), help=model_help)
+    add_model_arg(p, "codec")
     p.add_argument(
         "--ray-workers",
         type=positive_int,
@@ -279,7 +191,10 @@ def add_codec_commands(sub, add_training_args, positive_int) -> None:
     p.add_argument("archive", help="the .hvz archive")
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--only", nargs="+", metavar="NAME", help="decode only these stored names")
-    p.add_argument("--model", default=default_codec_model(), help=model_help)
+    p.add_argument(
+        "--force", action="store_true", help="overwrite images that already exist under OUT"
+    )
+    add_model_arg(p, "codec")
     p.set_defaults(func=cmd_decompress)
 
     p = sub.add_parser(
@@ -304,7 +219,7 @@ def add_codec_commands(sub, add_training_args, positive_int) -> None:
     )
     q.add_argument("--data", required=True, help="folder of held-out images")
     q.add_argument("--out", required=True, help="output folder")
-    q.add_argument("--model", default=default_codec_model(), help=model_help)
+    add_model_arg(q, "codec")
     q.add_argument(
         "--qualities",
         type=int,
