@@ -1,8 +1,9 @@
 """Edit success and preservation on held-out scenes, measured without the model.
 
 Every bundled direction is applied to every held-out scene at strengths -s and
-+s (``--strength``, default 1 sd) and decoded. ``hvae.data.scene_estimate``
-reads the factors of each edited image from its pixels alone (corner colours,
++s (``--strength``, default 1 sd; where that lies outside the direction's range,
+``hvae directions list``, at the range's end instead, and a side whose end is 0 is
+left out) and decoded. ``hvae.data.scene_estimate`` reads the factors of each edited image from its pixels alone (corner colours,
 the wall/floor boundary, a hue mask of the object, nearest rendered
 silhouettes) and compares them with the same reading of the zero-edit decode,
 so stage-1 error is not counted:
@@ -182,11 +183,17 @@ def main() -> None:
             continue
         totals, reference = np.zeros(3, dtype=int), np.zeros(3, dtype=int)
         moved: Counter = Counter()
-        for sign in (-1.0, 1.0):
-            edited = pipe.decode(pipe.edit(codes, {name: sign * args.strength}))
+        low, high = pipe.strength_range(name)
+        # A strength outside the direction's measured range is refused (see
+        # docs/slider-ranges.md): each side goes as far towards ±strength as a user can,
+        # and the row says where that is short of it.
+        strengths = [s for s in (max(low, -args.strength), min(high, args.strength)) if s]
+        for strength in strengths:
+            sign = float(np.sign(strength))
+            edited = pipe.decode(pipe.edit(codes, {name: strength}))
             after = [estimate(image) for image in edited]
             totals += score(name, sign, truths, before, after, moved)
-            targets = [counterfactual(t, name, sign * args.strength) for t in truths]
+            targets = [counterfactual(t, name, strength) for t in truths]
             rendered = to_tensor([render(**t, size=size) for t in targets])
             through_stage1 = to_pil(stage1.decode(stage1.encode(rendered)))
             true_after = [estimate(image) for image in through_stage1]
@@ -202,8 +209,14 @@ def main() -> None:
                 "moved_others": dict(moved.most_common()),
                 "reference_success": int(reference[1]) / max(1, int(reference[0])),
                 "reference_preservation": int(reference[2]) / max(1, int(reference[0])),
+                "strengths": strengths,
             }
         )
+        if strengths != [-args.strength, args.strength]:
+            print(
+                f"{name}: ±{args.strength:g} leaves its range [{low:g}, {high:g}]; "
+                f"measured at {', '.join(f'{s:+g}' for s in strengths)}"
+            )
 
     on_inputs = [estimate(image) for image in scenes]
     reader_error = {

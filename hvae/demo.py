@@ -75,7 +75,12 @@ def run_demo(pipe, out_dir: Path, n: int = 8) -> dict:
     codes = pipe.encode(scenes[:2])
     if pipe.directions:
         direction_name = "wall_hue" if "wall_hue" in pipe.directions else pipe.directions[0]
-        strip_strengths, strip_end = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0), []
+        # Seven evenly spaced strengths across the slider's measured range, 0 included
+        # when the range holds it (docs/slider-ranges.md).
+        low, high = pipe.strength_range(direction_name)
+        spaced = {round(low + (high - low) * i / 6, 3) for i in range(7)}
+        strip_strengths = tuple(sorted(spaced | ({0.0} if low <= 0 <= high else set())))
+        strip_end = []
     else:
         direction_name = "demo_towards_second_scene"
         strip_strengths = (-0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25)

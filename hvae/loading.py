@@ -7,8 +7,10 @@ resolve names and fail on a wrong one in a fraction of a second.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,8 +58,8 @@ def model_help(kind: str) -> str:
     spec = KINDS[kind]
     return (
         f"{spec.description}: a folder, or the name of a bundled one "
-        f"({', '.join(bundled_names(kind))}); a folder of that name in the current directory "
-        f"wins (default: ${spec.variable}, else {spec.default})"
+        f"({', '.join(bundled_names(kind))}); a pipeline folder of that name in the current "
+        f"directory wins (default: ${spec.variable}, else {spec.default})"
     )
 
 
@@ -70,16 +72,33 @@ def resolve_model(name_or_path: str | None, kind: str = "pipeline") -> str:
     given = name_or_path or os.environ.get(spec.variable) or spec.default
     origin = "" if name_or_path or given == spec.default else f"${spec.variable}="
     if Path(given).exists():
-        return given
+        if given not in BUNDLED or is_pipeline_folder(given):
+            return given
+        # A folder that only shares a bundled name (your photos in ./photo-edit, say) must
+        # not hide the bundled model: users type the name, not a path.
+        note(
+            f"note: ./{given} is not a pipeline folder (no model_index.json); "
+            f"using the bundled {given!r}"
+        )
     if given in BUNDLED:
         path = bundled_path(given)
-        if not (path / "model_index.json").is_file():
+        if not is_pipeline_folder(path):
             raise HVAEError(f"the bundled pipeline {given!r} is not installed (no {path})")
         return str(path)
     listing = ", ".join(f"{name} ({KINDS[of].description})" for name, of in BUNDLED.items())
     raise HVAEError(
         f"{origin}{given}: no such model folder, and not a bundled pipeline; bundled: {listing}"
     )
+
+
+def is_pipeline_folder(path: str | Path) -> bool:
+    return (Path(path) / "model_index.json").is_file()
+
+
+@functools.cache
+def note(text: str) -> None:
+    """Print ``text`` to stderr once per process: a command resolves its model more than once."""
+    print(text, file=sys.stderr)
 
 
 def pipeline_class(path: str | Path) -> str:

@@ -60,20 +60,24 @@ def test_photo_codec_decodes_bit_identically_on_one_and_two_threads(photos):
 
 def test_photo_edit_sliders_move_their_statistic_on_held_out_photos(photos):
     """Each bundled ``--auto`` slider, loaded as users load it, raises its own statistic
-    from -1 to 0 to +1 on both shipped crops, and so does warmth with brightness kept."""
-    from hvae.directions import AUTO_STATISTICS, image_statistics
+    from the low end of its range to 0 to the high end on both shipped crops, and so does
+    warmth with brightness kept."""
+    from hvae.directions import AUTO_STATISTICS, DEFAULT_STRENGTH_RANGE, image_statistics
     from pipelines import HVAEPipeline
 
     pipe = HVAEPipeline.from_pretrained(ROOT / "checkpoints" / "photo-edit")
     metadata = pipe.direction_metadata()
     assert sorted(metadata) == sorted(AUTO_STATISTICS)
     assert {m["kind"] for m in metadata.values()} == {"feature-flow"}
+    # The measured ranges ship (docs/slider-ranges.md), not the default for unmeasured ones.
+    assert all(pipe.strength_range(name) != DEFAULT_STRENGTH_RANGE for name in metadata)
     for photo in photos:
         codes = pipe.encode([photo])
         for name, keep in [(name, None) for name in metadata] + [("warmth", ["brightness"])]:
+            low, high = pipe.strength_range(name)
             values = [
                 image_statistics(pipe.decode(pipe.edit(codes, {name: s}, keep))[0])[name]
-                for s in (-1.0, 0.0, 1.0)
+                for s in (low, 0.0, high)
             ]
             assert values[0] < values[1] < values[2], (name, keep, values)
 

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from hvae.cli.common import positive_int
 
 
-def cmd_data_photos(args) -> int:
-    from collections import Counter
+def print_picture_counts(out: str, splits_and_kinds, record: str) -> None:
+    """What a data set preparation made: '<n> pictures -> OUT: <n> heldout/photo, ...', then
+    where ``record`` (the file in OUT that lists every picture) lies."""
+    counts = Counter(f"{split}/{kind}" for split, kind in splits_and_kinds)
+    print(
+        f"{sum(counts.values())} pictures -> {out}: "
+        + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    )
+    print(f"{Path(record).stem}: {Path(out) / record}")
 
+
+def cmd_data_photos(args) -> int:
     from hvae.data.photo_corpus import prepare_photo_corpus
 
     manifest = prepare_photo_corpus(
@@ -19,12 +29,8 @@ def cmd_data_photos(args) -> int:
         train_side=args.train_side,
         heldout_side=args.heldout_side,
     )
-    counts = Counter(f"{p['split']}/{p['kind']}" for p in manifest["pictures"])
-    print(
-        f"{len(manifest['pictures'])} pictures -> {args.out}: "
-        + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-    )
-    print(f"manifest: {Path(args.out) / 'manifest.json'}")
+    pictures = manifest["pictures"]
+    print_picture_counts(args.out, ((p["split"], p["kind"]) for p in pictures), "manifest.json")
     return 0
 
 
