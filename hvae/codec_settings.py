@@ -20,3 +20,11 @@ def check_tune(tune: str) -> None:
 def check_refine_steps(refine_steps: int) -> None:
     if isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 0:
         raise HVAEError(f"refine_steps must be a whole number >= 0, got {refine_steps!r}")
+
+
+# End-to-end training's distortion weight at step 1, in bpp per squared 8-bit level
+# (hvae.train_rd: step s weighs DEFAULT_LMBDA / s^2). It is the trade-off the encoder search
+# makes (hvae.refine.RD_WEIGHT = 180 levels² per bpp at step 1), and near where the frozen
+# stage 1 sits: on the bundled photo codec, feature noise of variance v adds about 300·v
+# squared levels to the decoded MSE, for which high-rate theory gives 1.5 / (ln 2 · 300).
+DEFAULT_LMBDA = 1 / 180

@@ -169,7 +169,10 @@ def rounded_rate_bits(
 
 
 def rate_bits(
-    model: HierarchicalVAE, features: torch.Tensor, steps: torch.Tensor
+    model: HierarchicalVAE,
+    features: torch.Tensor,
+    steps: torch.Tensor,
+    feature_noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Training rate under the uniform-noise relaxation: per-image bits for the features,
     and per-image bits for each latent group (a list, top group first)."""
@@ -183,7 +186,9 @@ def rate_bits(
 
     mean, log_scale, _ = model.coding_pass(features, steps, pick)
     view = steps.float().view(-1, 1, 1, 1)
-    noisy = features.float() + view * (torch.rand_like(features.float()) - 0.5)
+    if feature_noise is None:
+        feature_noise = torch.rand_like(features.float()) - 0.5
+    noisy = features.float() + view * feature_noise
     bin_log_p = discretized_gaussian_log_prob(
         (noisy - mean.float()) / view,
         torch.zeros_like(noisy),

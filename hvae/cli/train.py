@@ -3,9 +3,8 @@ prepare-photos, which makes the photo training set."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from hvae.cli.common import add_training_args, positive_int, training_config
+from hvae.codec_settings import DEFAULT_LMBDA
 from hvae.errors import HVAEError
 
 ARCHITECTURE_DEFAULTS = {
@@ -79,8 +78,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_prepare_photos(args) -> int:
-    from collections import Counter
-
+    from hvae.cli.data import print_picture_counts
     from hvae.data.wallpapers import prepare_wallpapers
 
     pictures = prepare_wallpapers(
@@ -88,20 +86,43 @@ def cmd_prepare_photos(args) -> int:
         work_dir=args.work,
         held_out={"photo": args.heldout_photos, "graphic": args.heldout_graphics},
     )
-    counts = Counter(f"{p.split}/{p.kind}" for p in pictures)
-    print(
-        f"{len(pictures)} pictures -> {args.out}: "
-        + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-    )
-    print(f"provenance: {Path(args.out) / 'provenance.json'}")
+    print_picture_counts(args.out, ((p.split, p.kind) for p in pictures), "provenance.json")
     return 0
 
 
 def cmd_train_codec(args) -> int:
-    from hvae.train_codec import train_codec
     from hvae.training import process_state
 
     config = training_config(args, args.out)
+    if args.end_to_end:
+        from hvae.train_rd import train_rd
+
+        if args.init_from is None or args.autoencoder is not None:
+            raise HVAEError(
+                "--end-to-end trains the autoencoder and entropy model of --init-from "
+                "together: give --init-from (a compression pipeline folder), not --autoencoder"
+            )
+        if len(args.crop) != 1:
+            raise HVAEError("--end-to-end takes one --crop side")
+        train_rd(
+            args.init_from,
+            args.data,
+            args.out,
+            config,
+            lmbda=args.lmbda,
+            feature_crop=args.crop[0],
+            scales=tuple(args.scales),
+            min_step=args.min_step,
+            max_step=args.max_step,
+            resume=not args.no_resume,
+        )
+        if process_state().is_main_process:
+            print(f"saved the compression pipeline (autoencoder + hvae) to {args.out}")
+        return 0
+    if args.autoencoder is None:
+        raise HVAEError("give --autoencoder (or --end-to-end with --init-from)")
+    from hvae.train_codec import train_codec
+
     train_codec(
         args.autoencoder,
         args.data,
@@ -307,9 +328,13 @@ def add_commands(sub) -> None:
         help="train the HVAE entropy model of a compression pipeline",
         description="Encode every image of --data (at each --scales) with the autoencoder once, then train a "
         "rate-conditioned hierarchical VAE on random feature crops, each at a random quantization step in "
-        "[--min-step, --max-step]. Saves a compression pipeline folder (autoencoder + hvae) to --out.",
+        "[--min-step, --max-step]. Saves a compression pipeline folder (autoencoder + hvae) to --out. "
+        "With --end-to-end, the autoencoder and entropy model of --init-from train together on pixel crops "
+        "on bits per pixel + lambda(step) * MSE, so the features become cheaper to code.",
     )
-    p.add_argument("--autoencoder", required=True, help="stage-1 diffusers autoencoder folder")
+    p.add_argument(
+        "--autoencoder", help="stage-1 diffusers autoencoder folder (not with --end-to-end)"
+    )
     p.add_argument("--data", required=True, help="folder of training images")
     p.add_argument("--out", required=True, help="output pipeline folder")
     p.add_argument("--preset", default="base", help="entropy-model architecture: base or tiny")
@@ -339,6 +364,20 @@ def add_commands(sub) -> None:
     )
     p.add_argument(
         "--max-step", type=float, default=3.0, help="largest quantization step (default: 3.0)"
+    )
+    p.add_argument(
+        "--end-to-end",
+        action="store_true",
+        help="train the autoencoder of --init-from with its entropy model on rate + distortion; "
+        "--crop is then the side of the crops' feature maps (32: 256-pixel crops)",
+    )
+    p.add_argument(
+        "--lmbda",
+        type=float,
+        default=DEFAULT_LMBDA,
+        help="with --end-to-end: distortion weight at step 1, in bits per pixel per squared "
+        "8-bit level; step s weighs lmbda / s^2 (default: %(default).3g, where the bundled "
+        "codec's frozen stage 1 sits)",
     )
     add_training_args(p, steps=3000, batch_size=16, lr=1e-3)
     p.set_defaults(func=cmd_train_codec)
