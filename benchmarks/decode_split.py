@@ -17,9 +17,8 @@ import numpy as np
 import torch
 
 from hvae.data.images import find_images, load_image
-from hvae.entropy import decode_symbols
 from hvae.loading import load_codec
-from pipelines.compression_pipeline import _STEP, one_thread
+from pipelines.compression_pipeline import one_thread
 
 
 def mean_seconds(function, repeats: int) -> float:
@@ -40,16 +39,14 @@ def main() -> None:
     args = parser.parse_args()
     pipe = load_codec(args.model)
     size = (args.size, args.size)
-    feature_size = pipe.feature_size(size)
     rows = {"decode_image": [], "entropy model (1 thread)": [], "stage 1 (1 thread)": []}
     rows[f"stage 1 ({torch.get_num_threads()} threads)"] = []
     for path in find_images([args.data]):
         image = load_image(path).resize(size)
         payload = pipe.encode_image(image, args.quality, refine_steps=0)
-        (step,) = _STEP.unpack_from(payload)
 
-        def symbols(payload=payload, step=step):
-            return decode_symbols(pipe.coding_model(), payload[_STEP.size :], step, feature_size)
+        def symbols(payload=payload):
+            return pipe.decode_features(payload, size)
 
         times = rows["decode_image"]
         times.append(mean_seconds(lambda p=payload: pipe.decode_image(p, size), args.repeats))

@@ -17,12 +17,14 @@ noisy; CPU seconds ("cpu s/MP", all threads) much less so.
     python benchmarks/large_images.py --photos a.jpg b.jpg --only tiled-rate --rate-tiles 64 128
 
 Kinds (``--only``): stage1 (encode + decode, per ``--tiles``; 0 = whole image),
-compress and decompress (``--refine-steps``, default the pipeline's), edit (warmth +1),
-webp and avif (encode and decode), and where the time and memory of those go:
-codec-steps (compression and decompression step by step: stage 1, refinement when
---refine-steps is not 0, the entropy model, ANS) and edit-steps (editing: encode, the
-HVAE decode, decode), and tiled-rate (the bpp of coding the features in independent
-tiles of ``--rate-tiles`` features). ``--photos`` measures those pictures instead.
+compress and decompress (``--refine-steps``, default the pipeline's), edit (warmth at the
+top of its slider range), webp and avif (encode and decode), and where the time and
+memory of those go:
+codec-steps (compression and decompression step by step: stage 1, the tiles' coding
+with refinement when --refine-steps is not 0, their decoding, stage 1) and edit-steps
+(editing by a feature flow: stage-1 encode, the flow, stage-1 decode), and tiled-rate
+(the bpp of coding the features in independent tiles of ``--rate-tiles`` features).
+``--photos`` measures those pictures instead.
 """
 
 from __future__ import annotations
@@ -134,7 +136,8 @@ def _edit(image: Image.Image, args) -> dict:
 
     pipe = HVAEPipeline.from_pretrained(EDIT_MODEL)
     pipe.set_progress_bar_config(disable=True)
-    (edited,), seconds = _timed(lambda: pipe(image, edits={"warmth": 1.0}))
+    edits = {"warmth": pipe.strength_range("warmth")[1]}
+    (edited,), seconds = _timed(lambda: pipe(image, edits=edits))
     if edited.size != image.size:
         raise RuntimeError(f"edited {edited.size}, expected {image.size}")
     return {"seconds": {"": seconds}}
@@ -154,51 +157,49 @@ def _codec_steps(image: Image.Image, args) -> dict:
     """``compress`` and ``decompress`` step by step, as the pipeline runs them."""
     import torch
 
-    from hvae.data.images import to_pil, to_tensor
-    from hvae.entropy import decode_symbols, encode_symbols, pack
-    from hvae.refine import refine_features
+    from hvae.entropy import one_thread
     from pipelines import HVAECompressionPipeline
-    from pipelines.compression_pipeline import one_thread, quality_step
+    from pipelines.compression_pipeline import quality_step
 
     pipe = HVAECompressionPipeline.from_pretrained(COMPRESSION_MODEL)
-    step, seconds = quality_step(args.quality), {}
+    step, size, seconds = quality_step(args.quality), (image.height, image.width), {}
+    tiles = f"tiles: refine {args.refine_steps}, entropy model, ANS"
     with one_thread(), torch.no_grad():
         features, seconds["stage-1 encode"] = _timed(lambda: pipe.features_of(image))
-        if args.refine_steps:
-            target = to_tensor([image])
-            features, seconds[f"refine {args.refine_steps}"] = _timed(
-                lambda start=features: refine_features(
-                    pipe.stage1, pipe.hvae, start, target, step, args.refine_steps
-                )
+        (payload, _, _), seconds[tiles] = _timed(
+            lambda: pipe.encode_features(
+                features, image, step, args.refine_steps, workers=args.threads
             )
-            target = None
-        model = pipe.coding_model()
-        (chunks, _), seconds["entropy model encode"] = _timed(
-            lambda: encode_symbols(model, features, step)
         )
         features = None
-        payload, seconds["ANS pack"] = _timed(lambda: pack(chunks))
-        chunks = None
-        size = pipe.feature_size((image.height, image.width))
-        decoded, seconds["entropy model decode"] = _timed(
-            lambda: decode_symbols(model, payload, step, size)
+        decoded, seconds["tiles: entropy model decode"] = _timed(
+            lambda: pipe.decode_features(payload, size, workers=args.threads)
         )
-        _, seconds["stage-1 decode"] = _timed(
-            lambda: to_pil(pipe.stage1.decode(decoded, (image.height, image.width)))
-        )
+        _, seconds["stage-1 decode"] = _timed(lambda: pipe.stage1.decode_pil(decoded, size))
     return {"seconds": seconds, "bpp": 8 * len(payload) / (image.width * image.height)}
 
 
 def _edit_steps(image: Image.Image, args) -> dict:
-    """``pipe(image, edits={"warmth": 1})`` step by step."""
+    """``edit`` step by step: a feature-flow edit, no stage 2."""
+    import torch
+
+    from hvae.directions import flow_features
     from pipelines import HVAEPipeline
 
     pipe = HVAEPipeline.from_pretrained(EDIT_MODEL)
-    seconds = {}
-    codes, seconds["encode (stage 1 + HVAE)"] = _timed(lambda: pipe.encode(image))
-    _, seconds["HVAE decode"] = _timed(lambda: pipe.hvae.decode(codes))
-    edited = pipe.edit(codes, {"warmth": 1.0})
-    _, seconds["decode (HVAE, flow, stage 1)"] = _timed(lambda: pipe.decode(edited))
+    flows = pipe._directions["warmth"].field
+    strengths = torch.zeros(len(flows.names))
+    strengths[flows.names.index("warmth")] = pipe.strength_range("warmth")[1]
+    size, seconds = (image.height, image.width), {}
+    features, seconds["stage-1 encode"] = _timed(
+        lambda: pipe.stage1.encode([image], multiple=pipe.pixel_multiple)
+    )
+    valid = tuple(-(-side // pipe.stage1.stride) for side in size)
+    moved, seconds["flow"] = _timed(
+        lambda: flow_features(features, flows.generator(strengths), valid)
+    )
+    features = None
+    _, seconds["stage-1 decode"] = _timed(lambda: pipe.stage1.decode_pil(moved, size))
     return {"seconds": seconds}
 
 

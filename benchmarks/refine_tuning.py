@@ -52,7 +52,10 @@ def curve(
                     payload = _STEP.pack(step) + pack(
                         encode_symbols(pipe.coding_model(), features, step)[0]
                     )
-            decoded = to_tensor([pipe.decode_image(payload, (image.height, image.width))])
+            # A whole-image payload, as format version 2 stores it.
+            decoded = to_tensor(
+                [pipe.decode_image(payload, (image.height, image.width), version=2)]
+            )
             scores.append(
                 (
                     8 * len(payload) / (image.width * image.height),

@@ -33,6 +33,7 @@ import torch.utils.checkpoint
 from PIL import Image
 
 from hvae import patch_autoencoder
+from hvae.codec import even_splits
 from hvae.data.images import to_pil, to_tensor
 from hvae.errors import HVAEError
 
@@ -147,10 +148,8 @@ def tile_spans(
     multiples of ``align`` (``core`` and ``halo`` must be multiples of it, ``length`` too
     unless the last core may end off the grid). Each span is ``(start, end, read_start,
     read_end)``: the core and the core widened by ``halo``, clipped to ``[0, length)``."""
-    count = -(-length // core)
-    units = -(-length // align)
     # Equal shares rather than full tiles and a sliver: a sliver would cost a whole halo.
-    bounds = [min(length, round(i * units / count) * align) for i in range(count + 1)]
+    bounds = even_splits(length, core, align)
     return [
         (start, end, max(0, start - halo), min(length, end + halo))
         for start, end in itertools.pairwise(bounds)
@@ -233,6 +232,15 @@ class FeatureAutoencoder:
         return to_tensor(list(images))
 
     # ------------------------------------------------------------ tiling
+    @property
+    def decode_halo(self) -> int:
+        """Feature positions of context that decoding a region needs on each side to match
+        whole-image decoding: the tiling's ``decode_halo``, else the model's receptive field."""
+        tiling = self.tiling or Tiling()
+        if tiling.decode_halo is not None:
+            return tiling.decode_halo
+        return (getattr(self.model, "receptive_field", None) or FALLBACK_HALOS)[1]
+
     def _tile_grid(self, in_features: bool) -> tuple[int, int, int]:
         """(core, halo, align) of the tiles, in feature positions (decoding) or pixels
         (encoding, where tiles must start on the stride); without tiling, one core larger
@@ -240,10 +248,9 @@ class FeatureAutoencoder:
         stride, tiling = self.stride, self.tiling
         if tiling is None:
             return sys.maxsize, 0, 1 if in_features else stride
-        declared = getattr(self.model, "receptive_field", None) or FALLBACK_HALOS
         if in_features:
-            halo = declared[1] if tiling.decode_halo is None else tiling.decode_halo
-            return max(1, tiling.tile // stride), halo, 1
+            return max(1, tiling.tile // stride), self.decode_halo, 1
+        declared = getattr(self.model, "receptive_field", None) or FALLBACK_HALOS
         halo = declared[0] if tiling.encode_halo is None else tiling.encode_halo
         core = max(stride, tiling.tile // stride * stride)
         return core, -(-halo // stride) * stride, stride

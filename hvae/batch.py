@@ -26,7 +26,13 @@ batch 5 on 1 thread). So every forward pass runs on exactly ``MICRO_BATCH``
 images, padding the last one by repetition. At a fixed batch of 16, outputs
 were bit-identical for 1 and 2 threads and any order of the images (measured
 on the bundled model at 64 and 256 pixels), because oneDNN then splits the
-work across the batch rather than inside one image's sums. A rerun reads the manifest and
+work across the batch rather than inside one image's sums. Images over
+``ALONE_ABOVE_PIXELS`` run in passes of one instead (16 copies of a 24 MP photo
+would not fit in memory): the rule goes by size alone, so such an image always
+takes that way, whatever else the job holds. Alone, a result can depend on the
+thread count; edits by feature flows (stage 1 and the flow, no stage 2) did not,
+on the bundled photo-edit model: 1 and 2 threads, alone and two at a time gave
+the same bits at 1600x1200. A rerun reads the manifest and
 skips finished items; inputs that failed are recorded with their error and
 tried again on the next run.
 
@@ -55,7 +61,6 @@ from PIL import Image
 
 from hvae.batch_base import (
     MANIFEST,
-    MAX_INPUT_PIXELS,
     BatchJob,
     JobSummary,
     Manifest,
@@ -69,10 +74,11 @@ from hvae.batch_base import (
     png_bytes,
     read_manifest,
     refuse_shared_outputs,
+    runs_alone,
     start_job,
 )
 from hvae.errors import HVAEError
-from hvae.safe_io import check_image_size, printable, safe_relative_name
+from hvae.safe_io import MAX_LATENT_PIXELS, check_image_size, printable, safe_relative_name
 from hvae.seeds import image_seed
 
 
@@ -166,12 +172,13 @@ class EditJob(PngPerInputJob):
         ]
 
     def compute(self, pipe, items: list[dict]) -> Iterator[dict]:
-        by_size, errors = load_all(items, pipe.pixel_multiple, MAX_INPUT_PIXELS)
+        by_size, errors = load_all(items, pipe.pixel_multiple)
         yield from errors
-        for group in by_size.values():
+        for size, group in by_size.items():
             edited = in_micro_batches(
                 [image for _, image in group],
                 lambda chunk: pipe(chunk, edits=self.edits, keep=self.keep),
+                runs_alone(size, pipe.pixel_multiple),
             )
             yield from group_results([item for item, _ in group], edited, png_bytes)
 
@@ -211,10 +218,15 @@ class EncodeJob(BatchJob):
         ]
 
     def compute(self, pipe, items: list[dict]) -> Iterator[dict]:
-        by_size, errors = load_all(items, pipe.pixel_multiple, MAX_INPUT_PIXELS)
+        # Over MAX_LATENT_PIXELS, pipe.encode refuses each image, saying why.
+        by_size, errors = load_all(items, pipe.pixel_multiple)
         yield from errors
-        for group in by_size.values():
-            per_image = in_micro_batches([image for _, image in group], partial(_encode_rows, pipe))
+        for size, group in by_size.items():
+            per_image = in_micro_batches(
+                [image for _, image in group],
+                partial(_encode_rows, pipe),
+                runs_alone(size, pipe.pixel_multiple),
+            )
             yield from group_results([item for item, _ in group], per_image, bytes)
 
     def record(self, manifest: Manifest, result: dict) -> None:
@@ -338,7 +350,8 @@ class DecodeJob(PngPerInputJob):
             )
             group = [item for item in group if item["row"] < held]
             decode_rows = partial(_decode_rows, pipe, tensors, image_size, feature_size)
-            images = in_micro_batches([item["row"] for item in group], decode_rows)
+            alone = runs_alone(image_size, pipe.pixel_multiple)
+            images = in_micro_batches([item["row"] for item in group], decode_rows, alone)
             yield from group_results(group, images, png_bytes)
 
     def _read_shard(self, shard: str, pipe) -> tuple[dict, tuple, tuple]:
@@ -360,7 +373,7 @@ class DecodeJob(PngPerInputJob):
 
 def _shard_sizes(tensors: dict, metadata: dict, stride: int) -> tuple[tuple, tuple]:
     """A shard's (image size, feature size), checked against its tensors and, before any
-    pixel is decoded, against the size limit of a forward pass."""
+    pixel is decoded, against the size limit of latent codes."""
     try:
         image_size, feature_size = (
             tuple(json.loads(metadata[key])) for key in ("image_size", "feature_size")
@@ -378,7 +391,7 @@ def _shard_sizes(tensors: dict, metadata: dict, stride: int) -> tuple[tuple, tup
     decoded = tuple(side * stride for side in feature_size)
     if any(i > d for i, d in zip(image_size, decoded, strict=True)):
         raise HVAEError(f"image size {image_size} is larger than its features decode to")
-    check_image_size(decoded[1], decoded[0], max_pixels=MAX_INPUT_PIXELS)
+    check_image_size(decoded[1], decoded[0], max_pixels=MAX_LATENT_PIXELS)
     return image_size, feature_size
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import math
 import os
 import unicodedata
 from collections import defaultdict
@@ -21,7 +22,6 @@ from tqdm.auto import tqdm
 from hvae.data.images import find_images, load_image
 from hvae.errors import HVAEError
 from hvae.safe_io import (
-    MAX_PIXELS,
     ONE_PATH_ERRNOS,
     printable,
     safe_relative_name,
@@ -31,23 +31,32 @@ from hvae.safe_io import (
 
 MANIFEST = "manifest.jsonl"
 MICRO_BATCH = 16
-# One forward pass holds MICRO_BATCH images, each padded to the model's pixel multiple, so a
-# pass is capped at the shared MAX_PIXELS. Measured with photo-edit (hvae edit, peak RSS):
-# 1.6 GB for 16 x 512^2 and 3.5 GB for 16 x 1024^2, about 155 bytes per pixel in the pass,
-# so this limit (4 MP per image) keeps an edit near 10 GB.
-MAX_INPUT_PIXELS = MAX_PIXELS // MICRO_BATCH
+# Images over this many pixels (padded to the model's multiple) are computed in passes of
+# their own, not MICRO_BATCH at a time: a pass then holds at most 4.2 MP (measured with
+# photo-edit, hvae edit, peak RSS: 1.6 GB for 16 x 512^2, 3.5 GB for 16 x 1024^2), and an
+# image alone is held to the memory its pipeline's tiles need (24 MP: under 2 GB).
+ALONE_ABOVE_PIXELS = 512 * 512
 # The manifest is fsynced every this many lines and when the job ends: a process killed any
 # time keeps every line (they are flushed as written), a power cut loses at most these.
 FSYNC_EVERY = 16
 
 
-def in_micro_batches(items: list, fn) -> Iterator:
-    """``fn(items) -> per-item outputs``, always called on exactly ``MICRO_BATCH`` items;
-    yields each micro-batch's outputs as soon as it is done."""
-    for start in range(0, len(items), MICRO_BATCH):
-        chunk = items[start : start + MICRO_BATCH]
-        padded = chunk + [chunk[-1]] * (MICRO_BATCH - len(chunk))
+def in_micro_batches(items: list, fn, alone: bool = False) -> Iterator:
+    """``fn(items) -> per-item outputs``, always called on exactly ``MICRO_BATCH`` items (the
+    last pass padded by repetition), or with ``alone`` on one at a time; yields each pass's
+    outputs as soon as it is done."""
+    size = 1 if alone else MICRO_BATCH
+    for start in range(0, len(items), size):
+        chunk = items[start : start + size]
+        padded = chunk + [chunk[-1]] * (size - len(chunk))
         yield from list(fn(padded))[: len(chunk)]
+
+
+def runs_alone(size: tuple[int, int], multiple: int) -> bool:
+    """Whether images of ``size`` (either order of the sides) are computed in passes of their
+    own: over ``ALONE_ABOVE_PIXELS`` once padded to ``multiple``. A size always takes the
+    same way, so an image's result never depends on the other inputs of its job."""
+    return math.prod(-(-side // multiple) * multiple for side in size) > ALONE_ABOVE_PIXELS
 
 
 # ---------------------------------------------------------------- the manifest
@@ -224,11 +233,11 @@ def refuse_shared_outputs(named: Iterable[tuple[str, str]]) -> None:
 
 
 def load_all(
-    items: list[dict], multiple: int = 1, max_pixels: int = MAX_PIXELS
+    items: list[dict], multiple: int = 1, max_pixels: int | None = None
 ) -> tuple[dict[tuple[int, int], list], list[dict]]:
     """Load items' images grouped by size (a batch holds one size); failures become error
-    results. Sizes are checked (``check_image_size``, padded to ``multiple``) before any
-    pixel is decoded."""
+    results. Sizes are checked (``check_image_size``, padded to ``multiple``, against
+    ``max_pixels``, default ``MAX_PIXELS``) before any pixel is decoded."""
     by_size: dict[tuple[int, int], list] = defaultdict(list)
     errors = []
     for item in items:

@@ -5,7 +5,9 @@ Layout (all integers little-endian; the spec is in docs/hvz-format.md):
   header   MAGIC (8) | version u16 | reserved u16 | model fingerprint (16 ASCII) | crc32 u32
   record*  b"HVZR" | body length u32 | body | crc32(body) u32
            body = name length u16 | name (UTF-8) | height u32 | width u32 | quality u8 | payload
-           payload = quantization step f32 | ANS stream (u32 words)
+           payload = quantization step f32 | tile side u16 | reserved u16 (0)
+                     | per tile: stream length u32 | ANS stream (u32 words)
+           (versions 1 and 2: quantization step f32 | one ANS stream for the whole image)
   index    b"HVZI" | count u32 | count x (offset u64 | record length u32) | crc32 u32
   trailer  index offset u64 | b"HVZEND\\0\\0"
 
@@ -13,6 +15,11 @@ Records are written as images finish, so a file cut short still holds every
 record before the cut; readers fall back to a sequential scan when the index
 or trailer is missing or damaged. Every record carries its own CRC, so a
 damaged record is named and skipped while the others decode.
+
+Since version 3 the features are coded in independent tiles (``coding_tiles``), each
+its own ANS stream: a decoder holds one tile of the entropy model's work at a time, and
+learns from the lengths alone, before any decoding, whether a record holds the tiles its
+declared size needs.
 
 Everything read from a file is checked here, once, before anyone acts on it:
 a field out of range raises ``ArchiveError`` (the file as a whole) or
@@ -43,9 +50,11 @@ from hvae.safe_io import (
 )
 
 MAGIC = b"\x89HVZ\r\n\x1a\n"  # PNG-style: catches text-mode transfers and truncation at byte 1
-# 2: the entropy model computes in float64 (see CODING_DTYPES). 1 (float32) is still read.
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# 3: features coded in tiles. 2: the entropy model computes in float64 (see CODING_DTYPES);
+# 1 (float32) and 2 code the whole image in one stream. All three are read.
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+TILED_VERSION = 3
 RECORD_TAG = b"HVZR"
 INDEX_TAG = b"HVZI"
 END_TAG = b"HVZEND\0\0"
@@ -56,6 +65,11 @@ _RECORD_HEAD = struct.Struct("<4sI")
 _ENTRY = struct.Struct("<QI")
 _FIELDS = struct.Struct("<IIB")
 STEP = struct.Struct("<f")  # the payload's first field
+_TILE_HEAD = struct.Struct("<HH")  # tile side in feature cells, reserved (0)
+_TILE_LENGTH = struct.Struct("<I")
+# Tiles of at most this many feature cells a side: 2,048 pixels at the photo model's stride.
+# It bounds what one tile of a crafted record makes a decoder compute.
+MAX_TILE_SIDE = 256
 MAX_NAME_BYTES = 65535
 # Tag, length and CRC: an index entry shorter than that cannot even be checked. (A longer
 # one whose body is too short for its fields is one damaged record, not a damaged index.)
@@ -74,13 +88,72 @@ class DamagedRecord(HVAEError):
 
 
 def split_payload(payload: bytes) -> tuple[float, bytes]:
-    """A payload -> (quantization step, ANS stream), or ``DamagedRecord`` saying what is wrong."""
+    """A payload -> (quantization step, what follows it: the ANS stream, or since version 3
+    the tiles that ``split_tiles`` reads), or ``DamagedRecord`` saying what is wrong."""
     if len(payload) < STEP.size or (len(payload) - STEP.size) % 4:
         raise DamagedRecord(f"payload of {len(payload)} bytes is not a step and whole 32-bit words")
     (step,) = STEP.unpack_from(payload)
     if not (math.isfinite(step) and step > 0):
         raise DamagedRecord(f"quantization step {step} is not a positive number")
     return step, payload[STEP.size :]
+
+
+def split_tiles(tiled: bytes) -> tuple[int, list[bytes]]:
+    """What follows the step in a version-3 payload -> (tile side, one ANS stream per tile),
+    or ``DamagedRecord`` saying what is wrong."""
+    if len(tiled) < _TILE_HEAD.size:
+        raise DamagedRecord("the payload ends before its tile side")
+    side, reserved = _TILE_HEAD.unpack_from(tiled)
+    if not 1 <= side <= MAX_TILE_SIDE:
+        raise DamagedRecord(f"tile side {side} is not 1 to {MAX_TILE_SIDE}")
+    if reserved:
+        raise DamagedRecord(f"the reserved field after the tile side is {reserved}, not 0")
+    streams, at = [], _TILE_HEAD.size
+    while at < len(tiled):
+        if at + _TILE_LENGTH.size > len(tiled):
+            raise DamagedRecord(f"tile {len(streams) + 1}: the payload ends inside its length")
+        (length,) = _TILE_LENGTH.unpack_from(tiled, at)
+        at += _TILE_LENGTH.size
+        # Every symbol costs some bits, so no tile codes to nothing.
+        if not length or length % 4 or at + length > len(tiled):
+            raise DamagedRecord(
+                f"tile {len(streams) + 1}: a stream of {length} bytes is not whole 32-bit "
+                f"words within the {len(tiled) - at} bytes left"
+            )
+        streams.append(tiled[at : at + length])
+        at += length
+    if not streams:
+        raise DamagedRecord("the payload holds no tiles")
+    return side, streams
+
+
+def join_tiles(side: int, streams: list[bytes]) -> bytes:
+    """``split_tiles``'s input: the tile side and the tiles' streams, each after its length."""
+    parts = [_TILE_HEAD.pack(side, 0)]
+    for stream in streams:
+        parts += [_TILE_LENGTH.pack(len(stream)), stream]
+    return b"".join(parts)
+
+
+def even_splits(length: int, most: int, align: int = 1) -> list[int]:
+    """Bounds that split ``[0, length)`` into the fewest near-equal parts of at most ``most``
+    positions, each starting on a multiple of ``align`` (``most`` must be one; ``length``
+    too, unless the last part may end off the grid). Integers only: format version 3
+    places its tiles by it, and every decoder must place them alike."""
+    units, count = -(-length // align), -(-length // most)
+    return [min(length, i * units // count * align) for i in range(count + 1)]
+
+
+def coding_tiles(feature_size: tuple[int, int], side: int, align: int) -> list[tuple[int, ...]]:
+    """(top, bottom, left, right) of every tile of a version-3 payload, in coding order (rows
+    of tiles, top first): ``feature_size`` split by ``even_splits`` into parts of at most
+    ``side`` cells that start on multiples of ``align`` (the entropy model's feature multiple)."""
+    rows, columns = (even_splits(length, side, align) for length in feature_size)
+    return [
+        (top, bottom, left, right)
+        for top, bottom in zip(rows, rows[1:], strict=False)
+        for left, right in zip(columns, columns[1:], strict=False)
+    ]
 
 
 @dataclass
@@ -91,19 +164,21 @@ class Record:
     quality: int
     payload: bytes
 
-    def check(self) -> None:
-        """``HVAEError`` naming the first field that no archive may hold."""
+    def check(self, version: int = VERSION) -> None:
+        """``HVAEError`` naming the first field that no archive of ``version`` may hold."""
         safe_relative_name(self.name)
         check_image_size(self.width, self.height)
         if not 1 <= self.quality <= QUALITY_LEVELS:
             raise HVAEError(f"quality {self.quality} is not 1 to {QUALITY_LEVELS}")
-        split_payload(self.payload)
+        _, coded = split_payload(self.payload)
+        if version >= TILED_VERSION:
+            split_tiles(coded)
 
-    def encode(self) -> bytes:
+    def encode(self, version: int = VERSION) -> bytes:
         name = self.name.encode("utf-8")
         if len(name) > MAX_NAME_BYTES:
             raise HVAEError(f"{self.name[:40]}...: name longer than {MAX_NAME_BYTES} bytes")
-        self.check()  # never write what a reader would refuse
+        self.check(version)  # never write what a reader would refuse
         return (
             struct.pack("<H", len(name))
             + name
@@ -112,15 +187,16 @@ class Record:
         )
 
     @classmethod
-    def decode(cls, body: bytes) -> Record:
-        """A record body -> its record, or ``DamagedRecord`` naming the malformed field."""
+    def decode(cls, body: bytes, version: int = VERSION) -> Record:
+        """A record body of an archive of ``version`` -> its record, or ``DamagedRecord``
+        naming the malformed field."""
         name, fields_at = _read_name(body)
         if len(body) < fields_at + _FIELDS.size:
             raise DamagedRecord("the record ends inside its size and quality fields")
         height, width, quality = _FIELDS.unpack_from(body, fields_at)
         record = cls(name, height, width, quality, body[fields_at + _FIELDS.size :])
         try:
-            record.check()
+            record.check(version)
         except HVAEError as error:
             raise DamagedRecord(str(error)) from None
         return record
@@ -184,6 +260,7 @@ class ArchiveWriter:
             raise ValueError(f"cannot write format version {version}")
         header = _HEADER.pack(MAGIC, version, 0, fingerprint.encode("ascii"))
         self._header = header + struct.pack("<I", _crc(header))
+        self.version = version
         self.overwrite = overwrite
         self.resumed: list[tuple[Record, int]] = []  # (record, its size in bytes)
         self._entries: list[tuple[int, int]] = []
@@ -246,7 +323,7 @@ class ArchiveWriter:
         """Append one record and flush it; returns its size in bytes."""
         if record.name in self._names:
             raise HVAEError(f"{printable(record.name)}: two images with this name in one archive")
-        body = record.encode()
+        body = record.encode(self.version)
         data = _RECORD_HEAD.pack(RECORD_TAG, len(body)) + body + struct.pack("<I", _crc(body))
         file = self._open()
         self._entries.append((file.tell() - self._start, len(data)))
@@ -395,7 +472,7 @@ class ArchiveReader:
                 f"{where}{_name_hint(body)}: checksum mismatch (the data is damaged)"
             )
         try:
-            return Record.decode(body)
+            return Record.decode(body, self.version)
         except DamagedRecord as error:
             raise DamagedRecord(f"{where}{_name_hint(body)}: malformed: {error}") from None
 

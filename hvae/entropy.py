@@ -16,13 +16,21 @@ held-out streams encoded on 2 threads and decoded on 1, so the pipeline codes
 in float64 (format version 2; see ``CODING_DTYPES`` in the compression
 pipeline) and computes every image on its own (batch 1) on one thread.
 
+Format version 3 codes the features in independent tiles (``hvae.codec.coding_tiles``),
+each one image to the HVAE, with its own global group and its own ANS stream. Tiles
+run on worker threads (``on_threads``), each running torch on one thread: that uses
+every core, and a tile computes the same whichever thread runs it.
+
 Training replaces rounding with uniform noise of the same width (the usual
 relaxation), and the rate is the negative log-probability of the noisy values.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import constriction
@@ -139,6 +147,76 @@ def decode_symbols(
     return features
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Run torch on one thread inside the block.
+
+    Measured on the bundled photo model: 1 and 2 threads compute one image's sums
+    differently (oneDNN splits them per thread count), enough to flip a rounded
+    pixel now and then, and in float32 to desynchronise 9 of 80 streams (see
+    ``CODING_DTYPES`` in the compression pipeline). Coding and decoding on one thread
+    make the output bit-identical whatever the caller's thread setting; ``on_threads``
+    gets the other cores back by running tiles side by side.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def on_threads(fn: Callable, items: Sequence, workers: int) -> Iterator:
+    """``fn(item)`` for every item, yielded in order, computed on ``workers`` threads that each
+    run torch on one thread (and in the caller's grad mode). The first exception is raised
+    as soon as its item's turn comes, and items not yet started are dropped."""
+    grad = torch.is_grad_enabled()
+
+    def run(item):
+        with torch.set_grad_enabled(grad):
+            return fn(item)
+
+    if workers <= 1:
+        yield from map(run, items)
+        return
+    # Each thread sets its own OpenMP thread count (a per-thread setting), not only torch's.
+    with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        futures = [pool.submit(run, item) for item in items]
+        try:
+            for future in futures:
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+def decode_tiles(
+    model: HierarchicalVAE,
+    streams: Sequence[bytes],
+    step: float,
+    tiles: Sequence[tuple[int, int, int, int]],
+    workers: int = 1,
+) -> torch.Tensor:
+    """float32 features (1, C, H, W) rebuilt from one ``pack`` stream per tile (top, bottom,
+    left, right), the tiles covering [0, H) x [0, W); ``ValueError`` naming the first tile
+    whose stream is damaged."""
+    height, width = max(t[1] for t in tiles), max(t[3] for t in tiles)
+    features = torch.empty(1, model.config.in_channels, height, width)
+
+    def decode(index: int) -> torch.Tensor:
+        top, bottom, left, right = tiles[index]
+        try:
+            return decode_symbols(model, streams[index], step, (bottom - top, right - left))
+        except ValueError as error:
+            raise ValueError(f"tile {index + 1} of {len(tiles)}: {error}") from None
+
+    for (top, bottom, left, right), part in zip(
+        tiles, on_threads(decode, range(len(tiles)), workers), strict=True
+    ):
+        features[..., top:bottom, left:right] = part
+    return features
+
+
 def rounded_rate_bits(
     model: HierarchicalVAE, features: torch.Tensor, steps: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,7 +253,10 @@ def rate_bits(
     feature_noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Training rate under the uniform-noise relaxation: per-image bits for the features,
-    and per-image bits for each latent group (a list, top group first)."""
+    and per-image bits for each latent group (a list, top group first).
+
+    ``feature_noise`` (uniform in [-0.5, 0.5), in steps; drawn here when not given) lets an
+    end-to-end recipe decode the very features whose bits are counted."""
     latent_bits: list[torch.Tensor] = []
 
     def pick(prior_mean, prior_log_scale, posterior_mean):

@@ -9,6 +9,11 @@ starting from the encoder's output and keeping the best point it visits.
 
 Only the encoder changes. The decoder and the file format stay as they are,
 so an archive written with refinement decodes anywhere an unrefined one does.
+
+Format version 3 codes the features tile by tile, and ``refine_tile`` searches one
+tile at a time: its rate is the tile's own (it is coded alone), its distortion that of
+its own pixels decoded among stage 1's features around it. Memory is then bounded by
+the tile, and tiles are searched side by side on worker threads.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ from __future__ import annotations
 import math
 
 import torch
+from PIL import Image
 
 from hvae.autoencoder import FeatureAutoencoder
 from hvae.codec_settings import check_tune
+from hvae.data.images import to_tensor
 from hvae.entropy import rounded_rate_bits
 from hvae.metrics import MS_SSIM_MIN_SIDE, ms_ssim
 from hvae.model import HierarchicalVAE
@@ -48,14 +55,26 @@ def rd_cost(
     bf16: bool,
     rd_weight: float = RD_WEIGHT,
     tune: str = "psnr",
+    context: tuple[torch.Tensor, tuple[int, int]] | None = None,
 ) -> tuple[torch.Tensor, float, float]:
     """MSE (8-bit scale) + lambda * bpp of coding ``features`` at ``step`` and decoding them,
     against ``target`` (1, 3, H, W) in [-1, 1], with lambda = ``rd_weight`` * step^2; also
     returns the MSE and bpp themselves. ``tune="ms-ssim"`` puts (1 - MS-SSIM) in the MSE's
-    place (see ``hvae.codec_settings.TUNINGS``)."""
+    place (see ``hvae.codec_settings.TUNINGS``). With ``context`` (features around them, and
+    the (row, column) where they sit in it), the features are decoded in that context, and
+    ``target`` is what their own positions decode to."""
     height, width = target.shape[-2:]
     bits, rebuilt = rounded_rate_bits(hvae, features, torch.tensor([step], device=features.device))
-    decoded = stage1.decode_with_grad(rebuilt, bf16=bf16)[..., :height, :width]
+    row = column = 0
+    if context is not None:
+        surround, (row, column) = context
+        placed = surround.clone()
+        placed[..., row : row + rebuilt.shape[-2], column : column + rebuilt.shape[-1]] = rebuilt
+        rebuilt = placed
+    top, left = row * stage1.stride, column * stage1.stride
+    decoded = stage1.decode_with_grad(rebuilt, bf16=bf16)[
+        ..., top : top + height, left : left + width
+    ]
     target = target.to(decoded.device)
     mse = ((decoded - target) ** 2).mean() * (255 / 2) ** 2
     distortion = mse
@@ -76,8 +95,10 @@ def refine_features(
     bf16: bool = False,
     rd_weight: float = RD_WEIGHT,
     tune: str = "psnr",
+    context: tuple[torch.Tensor, tuple[int, int]] | None = None,
 ) -> torch.Tensor:
-    """Features of one image (1, C, h, w) that cost less in ``rd_cost`` than ``features``.
+    """Features of one image (1, C, h, w), or of one region of it in ``context`` (see
+    ``rd_cost``), that cost less in ``rd_cost`` than ``features``.
 
     Adam with a cosine-decayed learning rate (``default_learning_rate`` unless given);
     the best point seen is returned, so the
@@ -97,7 +118,9 @@ def refine_features(
     best_cost, best = math.inf, features
     with torch.enable_grad():
         for iteration in range(iterations + 1):  # the last pass only scores the last update
-            cost, _, _ = rd_cost(stage1, hvae, current, target, step, bf16, rd_weight, tune)
+            cost, _, _ = rd_cost(
+                stage1, hvae, current, target, step, bf16, rd_weight, tune, context
+            )
             if cost.item() < best_cost:
                 best_cost, best = cost.item(), current.detach().clone()
             if iteration == iterations:
@@ -107,3 +130,30 @@ def refine_features(
             optimizer.step()
             schedule.step()
     return best
+
+
+def refine_tile(
+    stage1: FeatureAutoencoder,
+    hvae: HierarchicalVAE,
+    image: Image.Image,
+    features: torch.Tensor,
+    tile: tuple[int, int, int, int],
+    step: float,
+    iterations: int,
+    **options,
+) -> torch.Tensor:
+    """``refine_features`` of one tile (top, bottom, left, right) of an image's ``features``
+    (padded as the codec pads them), scored on the tile's own pixels of ``image`` as decoded
+    among the unrefined features within ``stage1.decode_halo`` of it: what the tile's
+    neighbours will be is not known yet, and is close to that. ``options``: those of
+    ``refine_features``."""
+    top, bottom, left, right = tile
+    halo, stride = stage1.decode_halo, stage1.stride
+    read_top, read_left = max(0, top - halo), max(0, left - halo)
+    surround = features[..., read_top : bottom + halo, read_left : right + halo]
+    right_px, bottom_px = min(right * stride, image.width), min(bottom * stride, image.height)
+    box = (left * stride, top * stride, right_px, bottom_px)
+    target = to_tensor([image.crop(box)]).to(features.device)
+    own = features[..., top:bottom, left:right]
+    context = (surround, (top - read_top, left - read_left))
+    return refine_features(stage1, hvae, own, target, step, iterations, context=context, **options)

@@ -18,9 +18,20 @@ from pathlib import Path, PurePosixPath
 
 from hvae.errors import HVAEError
 
-# Refuse images whose (padded) pixel count could exhaust memory (decompression bombs).
-# The photo codec needs about 100-200 bytes per pixel to decode, so this allows ~10 GB.
+# Refuse images of more pixels than this (decompression bombs). Stage 1 and the entropy
+# coder work in tiles, so memory grows only with the buffers an image needs whole (its
+# pixels, its features): at 64 MP, peak RSS 2.3 GB to compress, 2.1 to decompress, 1.9
+# to edit, models included (python benchmarks/large_images.py --sizes 9800x6530).
 MAX_PIXELS = 64_000_000
+# Padding to a model's multiple may add this fraction of the limit: 9800x6530 (64.0 MP) pads
+# to 9856x6592 (65.0 MP) at the photo codec's multiple of 64. An image's own pixels are held
+# to the limit itself.
+PADDING_ALLOWANCE = 1 / 32
+# Stage 2 (the HVAE's latent codes, which latent edits move) runs on the whole feature map:
+# about 50 bytes per pixel on top of stage 1's tiles (photo-edit, measured at 4 MP: 0.2 GB
+# to encode), so latent codes stop at this size, the UI's upload limit
+# (feature-flow edits and compression, which do not need them, go up to MAX_PIXELS).
+MAX_LATENT_PIXELS = 16_000_000
 # Longest side over shortest, after padding: a 1 x 16,000,000 image is a bomb in disguise.
 MAX_ASPECT_RATIO = 256
 # Most file systems (ext4, APFS, NTFS) refuse longer file or folder names.
@@ -65,9 +76,10 @@ def safe_relative_name(name: str) -> PurePosixPath:
 def check_image_size(
     width: int, height: int, multiple: int = 1, max_pixels: int | None = None
 ) -> None:
-    """Refuse, with ``HVAEError``, a size that is not positive, or that once padded to a multiple
-    of ``multiple`` (a model's pixel multiple, 1 for none) holds over ``max_pixels`` pixels
-    (default ``MAX_PIXELS``) or is longer than ``MAX_ASPECT_RATIO`` times its width. Call it
+    """Refuse, with ``HVAEError``, a size that is not positive, that holds over ``max_pixels``
+    pixels (default ``MAX_PIXELS``), or that once padded to a multiple of ``multiple`` (a
+    model's pixel multiple, 1 for none) holds over ``max_pixels`` plus the
+    ``PADDING_ALLOWANCE`` or is longer than ``MAX_ASPECT_RATIO`` times its width. Call it
     before allocating anything for an image whose size came from outside."""
     limit = MAX_PIXELS if max_pixels is None else max_pixels
     if width < 1 or height < 1:
@@ -76,7 +88,7 @@ def check_image_size(
     size = f"{width}x{height}" + (
         f" (padded to {padded_w}x{padded_h})" if (padded_w, padded_h) != (width, height) else ""
     )
-    if padded_w * padded_h > limit:
+    if width * height > limit or padded_w * padded_h > limit * (1 + PADDING_ALLOWANCE):
         raise HVAEError(f"{size} pixels is over the limit of {limit}")
     if max(padded_w, padded_h) > MAX_ASPECT_RATIO * min(padded_w, padded_h):
         raise HVAEError(f"{size} is more than {MAX_ASPECT_RATIO} times longer than wide")

@@ -5,9 +5,10 @@ Like ``HVAEPipeline`` it composes a stage-1 diffusers autoencoder with a
 (``rate_conditioned=True``). The quality level picks the quantization step of
 the stage-1 features: one model serves every level (see ``hvae.entropy``).
 
-Every image is computed on its own (batch 1) and on one thread, in both
-directions. That costs speed (one core) and buys decodes that are
-bit-identical whatever the batch size or thread count (see ``one_thread``).
+Every image is computed on its own (batch 1), and every tile of its features on
+one thread, in both directions; tiles run side by side on the cores torch is
+given. Decodes are bit-identical whatever the batch size or thread count (see
+``hvae.entropy.one_thread``), and memory is bounded by the tiles, not the image.
 """
 
 from __future__ import annotations
@@ -32,13 +33,17 @@ from hvae.autoencoder import FeatureAutoencoder
 from hvae.batch import list_inputs, load_all, png_bytes
 from hvae.codec import (
     STEP,
+    TILED_VERSION,
     VERSION,
     ArchiveError,
     ArchiveReader,
     ArchiveWriter,
     DamagedRecord,
     Record,
+    coding_tiles,
+    join_tiles,
     split_payload,
+    split_tiles,
 )
 from hvae.codec_settings import (
     DEFAULT_QUALITY,
@@ -47,12 +52,20 @@ from hvae.codec_settings import (
     check_refine_steps,
     check_tune,
 )
-from hvae.data.images import FLATTENED_ALPHA, as_rgb, pad_to_multiple, to_pil, to_tensor
-from hvae.entropy import decode_symbols, encode_symbols, pack, symbol_bits
+from hvae.data.images import FLATTENED_ALPHA, as_rgb
+from hvae.entropy import (
+    decode_symbols,
+    decode_tiles,
+    encode_symbols,
+    on_threads,
+    one_thread,  # noqa: F401  (benchmarks import it from here)
+    pack,
+    symbol_bits,
+)
 from hvae.errors import HVAEError
 from hvae.fingerprint import fingerprint
 from hvae.model import HierarchicalVAE
-from hvae.refine import refine_features
+from hvae.refine import refine_tile
 from hvae.safe_io import (
     ONE_PATH_ERRNOS,
     OutputPaths,
@@ -63,7 +76,7 @@ from hvae.safe_io import (
     write_file,
 )
 from hvae.training import resolve_precision
-from pipelines.hvae_pipeline import cached_stage1, load_pipeline_folder
+from pipelines.common import cached_stage1, load_pipeline_folder
 
 # Quantization step of the (unit-variance) stage-1 features for quality 1..8.
 # Chosen so that the levels span about 0.1 to 0.9 bpp on the held-out photos
@@ -79,25 +92,12 @@ _STEP = STEP  # benchmarks/decode_split.py and refine_tuning.py import this name
 # count, CPU or GPU), float32 moved a std across a table boundary often enough to break
 # 9 of 80 held-out streams (1 thread against 2), float64 none of them
 # (python benchmarks/scale_flips.py). Version 1 archives were coded in float32.
-CODING_DTYPES = {1: torch.float32, 2: torch.float64}
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Run torch on one thread inside the block.
-
-    Measured on the bundled photo model: 1 and 2 threads compute one image's sums
-    differently (oneDNN splits them per thread count), enough to flip a rounded
-    pixel now and then, and in float32 to desynchronise 9 of 80 streams (see
-    ``CODING_DTYPES``). Coding and decoding on one thread make the output
-    bit-identical whatever the caller's thread setting, at the cost of the second core.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+CODING_DTYPES = {1: torch.float32, 2: torch.float64, 3: torch.float64}
+# The side, in feature cells, of the tiles that format 3 codes alone (a record stores it).
+# On the bundled photo model, 64 (512 pixels; the entropy model was trained on crops of
+# 32 to 64) made files 1-16 % smaller than whole images, 128 and 256 less so, and halved
+# the coding time (python benchmarks/large_images.py --only tiled-rate).
+CODING_TILE = 64
 
 
 # Photo pipelines bundled before the present one, by fingerprint: a commit that holds each.
@@ -188,6 +188,7 @@ class CompressJob:
 
 class HVAECompressionPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "hvae->autoencoder"
+    coding_tile = CODING_TILE  # what encode_image writes; decoders read any (codec.MAX_TILE_SIDE)
 
     def __init__(self, autoencoder, hvae: HierarchicalVAE):
         super().__init__()
@@ -237,8 +238,9 @@ class HVAECompressionPipeline(DiffusionPipeline):
         return self.stage1.stride * self.hvae.feature_multiple
 
     def features_of(self, image: Image.Image) -> torch.Tensor:
-        """Stage-1 features of one image, padded to what both models need (replicated edges)."""
-        return self.stage1.encode(pad_to_multiple(to_tensor([image]), self.pixel_multiple))
+        """Stage-1 features of one image, padded to what both models need (replicated edges),
+        computed tile by tile (``FeatureAutoencoder.encode``)."""
+        return self.stage1.encode([image], multiple=self.pixel_multiple)
 
     def feature_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """(height, width) of the coded features of an image of ``size``, padded as
@@ -255,67 +257,116 @@ class HVAECompressionPipeline(DiffusionPipeline):
         refine_steps: int = DEFAULT_REFINE_STEPS,
         tune: str = "psnr",
     ):
-        """One image -> its payload: the quantization step, then the ANS bitstream. With
-        ``return_bits``, also the -log2 p the model assigns to the coded symbols (the ideal size).
-        ``refine_steps`` iterations of ``hvae.refine.refine_features`` choose the features
-        (0: stage 1's own), minimising bits and MSE, or (1 - MS-SSIM) with ``tune="ms-ssim"``;
-        decoders need not know, the payload is the same kind either way."""
+        """One image -> its payload: the quantization step, then the tiles of ``coding_tile``
+        feature cells, each coded alone (format version 3). With ``return_bits``, also the
+        -log2 p the model assigns to the coded symbols (the ideal size of the streams).
+        ``refine_steps`` iterations of ``hvae.refine.refine_tile`` choose each tile's
+        features (0: stage 1's own), minimising bits and MSE, or (1 - MS-SSIM) with
+        ``tune="ms-ssim"``; decoders need not know, the payload is the same kind either way.
+        Tiles are computed side by side, one per torch thread the caller allows, each on
+        one thread, so the payload is the same whatever the thread count."""
         step = _STEP.unpack(_STEP.pack(quality_step(quality)))[0]  # exactly what decode reads
         check_refine_steps(refine_steps)
         check_tune(tune)
         # Refused here with the limit every decoder applies, so no archive holds what none decodes.
         check_image_size(image.width, image.height, self.pixel_multiple)
         image = as_rgb(image)
+        workers = torch.get_num_threads()
         with one_thread():
-            # The search runs on one thread too, although no decoder repeats it: on 2 cores it
-            # was only 1.3x faster on two, and one thread keeps an archive the same whatever
-            # the thread count or Ray layout that wrote it. It still depends on the machine
-            # (bf16 where fast); any of its archives decodes anywhere the model does.
             features = self.features_of(image)
-            if refine_steps:
-                on_gpu = self.stage1.device.type == "cuda"
-                features = refine_features(
-                    self.stage1,
-                    self.hvae,
-                    features,
-                    to_tensor([image]).to(self.stage1.device),
-                    step,
-                    refine_steps,
-                    bf16=resolve_precision("auto", on_gpu=on_gpu) == "bf16",
-                    tune=tune,
-                )
-            chunks, _ = encode_symbols(self.coding_model(), features, step)
-        clamped = sum(c.clamped for c in chunks)
+            payload, bits, clamped = self.encode_features(
+                features, image, step, refine_steps, tune, workers
+            )
         if clamped:
             warnings.warn(
                 f"{clamped} symbols were outside the coder's range and were clamped", stacklevel=2
             )
-        payload = _STEP.pack(step) + pack(chunks)
-        if return_bits:
-            return payload, sum(symbol_bits(c.symbols, c.indexes) for c in chunks)
-        return payload
+        return (payload, bits) if return_bits else payload
+
+    def encode_features(
+        self,
+        features: torch.Tensor,
+        image: Image.Image,
+        step: float,
+        refine_steps: int,
+        tune: str = "psnr",
+        workers: int = 1,
+    ) -> tuple[bytes, float, int]:
+        """``features_of(image)`` -> (payload, -log2 p of its symbols, symbols clamped), the
+        tiles coded on ``workers`` threads: ``encode_image`` after stage 1, for callers that
+        time its parts."""
+        align = self.hvae.feature_multiple
+        side = max(align, self.coding_tile // align * align)
+        model = self.coding_model()
+        # The search depends on the machine (bf16 where fast); any of its archives decodes
+        # anywhere the model does.
+        bf16 = resolve_precision("auto", on_gpu=self.stage1.device.type == "cuda") == "bf16"
+
+        def code(tile: tuple[int, int, int, int]) -> tuple[bytes, float, int]:
+            top, bottom, left, right = tile
+            part = features[..., top:bottom, left:right]
+            if refine_steps:
+                part = refine_tile(
+                    self.stage1, self.hvae, image, features, tile, step, refine_steps,
+                    bf16=bf16, tune=tune,
+                )  # fmt: skip
+            chunks, _ = encode_symbols(model, part, step)
+            bits = sum(symbol_bits(c.symbols, c.indexes) for c in chunks)
+            return pack(chunks), bits, sum(c.clamped for c in chunks)
+
+        tiles = coding_tiles(tuple(features.shape[-2:]), side, align)
+        coded = list(on_threads(code, tiles, workers))
+        payload = _STEP.pack(step) + join_tiles(side, [stream for stream, _, _ in coded])
+        return payload, sum(bits for _, bits, _ in coded), sum(n for _, _, n in coded)
 
     @torch.no_grad()
     def decode_image(
         self, payload: bytes, size: tuple[int, int], version: int = VERSION
     ) -> Image.Image:
         """Payload and original (height, width) -> the decoded image; ``version`` is the format
-        version of the archive it came from (it sets the entropy model's arithmetic). A size
-        over the limits (``check_image_size``, at this model's padding) is refused before
-        anything is allocated, as is a payload that is not a step and a stream."""
-        step, stream = split_payload(payload)
+        version of the archive it came from (it sets the entropy model's arithmetic, and
+        whether the features come in tiles). A size over the limits (``check_image_size``,
+        at this model's padding) is refused before anything is allocated, as is a payload
+        that is not a step and a stream, or not the tiles that the size needs."""
+        workers = torch.get_num_threads()
+        with one_thread():
+            features = self.decode_features(payload, size, version, workers)
+            return self.stage1.decode_pil(features, size)[0]
+
+    def decode_features(
+        self, payload: bytes, size: tuple[int, int], version: int = VERSION, workers: int = 1
+    ) -> torch.Tensor:
+        """``decode_image`` before stage 1: the features, tiles decoded on ``workers`` threads."""
+        step, coded = split_payload(payload)
+        feature_size = self.feature_size(size)
         try:
             check_image_size(size[1], size[0], self.pixel_multiple)
+            tiles = self._tiles_of(coded, feature_size) if version >= TILED_VERSION else None
         except HVAEError as error:
             raise DamagedRecord(str(error)) from None
-        with one_thread():
-            try:
-                features = decode_symbols(
-                    self.coding_model(version), stream, step, self.feature_size(size)
-                )
-            except (ValueError, RuntimeError, OverflowError) as error:
-                raise DamagedRecord(f"undecodable bitstream ({error})") from None
-            return to_pil(self.stage1.decode(features, size))[0]
+        model = self.coding_model(version)
+        try:
+            if tiles is None:
+                return decode_symbols(model, coded, step, feature_size)
+            return decode_tiles(model, tiles[1], step, tiles[0], workers)
+        except (ValueError, RuntimeError, OverflowError) as error:
+            raise DamagedRecord(f"undecodable bitstream ({error})") from None
+
+    def _tiles_of(self, coded: bytes, feature_size: tuple[int, int]) -> tuple[list, list[bytes]]:
+        """(tile bounds, streams) of a version-3 payload, or ``HVAEError`` when it does not hold
+        the tiles that ``feature_size`` needs: found from the lengths, before any decoding."""
+        side, streams = split_tiles(coded)
+        align = self.hvae.feature_multiple
+        if side % align:
+            raise HVAEError(f"tile side {side} is not a multiple of this model's {align}")
+        tiles = coding_tiles(feature_size, side, align)
+        if len(streams) != len(tiles):
+            height, width = feature_size
+            raise HVAEError(
+                f"{len(streams)} tiles of {side} cells, where {height}x{width} features need "
+                f"{len(tiles)}"
+            )
+        return tiles, streams
 
     # ------------------------------------------------------------ in memory
     def compress(

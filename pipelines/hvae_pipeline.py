@@ -20,7 +20,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from hvae.autoencoder import FeatureAutoencoder
-from hvae.data.images import pad_to_multiple, to_pil
+from hvae.data.images import to_pil
 from hvae.directions import (
     DEFAULT_STRENGTH_RANGE,
     DirectionSet,
@@ -37,8 +37,9 @@ from hvae.errors import HVAEError
 from hvae.fingerprint import fingerprint
 from hvae.latent_prior import FittedPrior
 from hvae.model import HierarchicalVAE, HVAECodes
-from hvae.safe_io import check_image_size
+from hvae.safe_io import MAX_LATENT_PIXELS, MAX_PIXELS, check_image_size
 from hvae.seeds import image_seed
+from pipelines.common import cached_stage1, load_pipeline_folder
 
 DIRECTIONS_FOLDER = "directions"
 SAMPLE_PRIOR_FOLDER = "sample_prior"
@@ -59,29 +60,6 @@ class Direction:
     field: DirectionSet | None = None
     index: int = 0
     strength_range: tuple[float, float] = DEFAULT_STRENGTH_RANGE
-
-
-def load_pipeline_folder(load, pretrained_model_name_or_path, **kwargs):
-    """``load`` (a DiffusionPipeline.from_pretrained) with our errors: a folder that is not a
-    pipeline, or a part that fails to load, is an HVAEError that names the folder."""
-    path = Path(pretrained_model_name_or_path)
-    if path.exists() and not (path / "model_index.json").is_file():
-        raise HVAEError(f"{path}: not a pipeline folder (no model_index.json)")
-    try:
-        return load(pretrained_model_name_or_path, **kwargs)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise HVAEError(
-            f"{pretrained_model_name_or_path}: could not load the pipeline ({error})"
-        ) from None
-
-
-def cached_stage1(pipe) -> FeatureAutoencoder:
-    """The pipeline's ``FeatureAutoencoder``, one per autoencoder: building it anew on every
-    call would re-probe the stride (a forward pass) for classes that do not declare it."""
-    cached = getattr(pipe, "_stage1", None)
-    if cached is None or cached.model is not pipe.autoencoder:
-        cached = pipe._stage1 = FeatureAutoencoder(pipe.autoencoder)
-    return cached
 
 
 def lerp_or_none(start: torch.Tensor | None, end: torch.Tensor | None, t: float):
@@ -287,20 +265,57 @@ class HVAEPipeline(DiffusionPipeline):
     @torch.no_grad()
     def encode(self, images: Sequence[Image.Image] | Image.Image) -> HVAECodes:
         """Images (one size per call) -> codes: every latent group's posterior mean, plus the
-        feature detail those means do not reproduce (``codes.detail``)."""
-        if isinstance(images, Image.Image):
-            images = [images]
+        feature detail those means do not reproduce (``codes.detail``). Stage 2 runs on the
+        whole feature map: images over ``MAX_LATENT_PIXELS`` are refused."""
+        images = [images] if isinstance(images, Image.Image) else list(images)
         for image in images:  # before any pixel is converted
-            check_image_size(*image.size, self.pixel_multiple)
-        stage1 = self.stage1
-        pixels = stage1._as_tensor(list(images))
+            try:
+                check_image_size(*image.size, self.pixel_multiple, MAX_LATENT_PIXELS)
+            except HVAEError as error:
+                raise HVAEError(
+                    f"{error}: latent codes (stage 2) are made of images up to "
+                    f"{MAX_LATENT_PIXELS / 1e6:g} MP; feature-flow edits take images up to "
+                    f"{MAX_PIXELS / 1e6:g} MP"
+                ) from None
         # Any size encodes: padded to what both models need, cropped back at decode.
-        padded = pad_to_multiple(pixels, self.pixel_multiple)
-        features = stage1.encode(padded).to(self.device)
+        features = self.stage1.encode(images, multiple=self.pixel_multiple).to(self.device)
         self._check_feature_size(features)
         codes = self.hvae.encode(features)
-        codes.image_size = (pixels.shape[-2], pixels.shape[-1])
+        codes.image_size = (images[0].height, images[0].width)
         return codes
+
+    def _valid_cells(self, image_size: tuple[int, int] | None) -> tuple[int, int] | None:
+        """The feature cells that an image of ``image_size`` covers, without the padding."""
+        if image_size is None:
+            return None
+        return tuple(-(-side // self.stage1.stride) for side in image_size)
+
+    def moves_features_only(self, edits: dict[str, float]) -> bool:
+        """Whether ``edits`` (maybe none) are all feature flows, which need no latent codes."""
+        return all(isinstance(self._directions[n].field, FeatureFlows) for n in edits)
+
+    @torch.no_grad()
+    def edit_features(
+        self,
+        images: Sequence[Image.Image] | Image.Image,
+        edits: dict[str, float],
+        keep: Sequence[str] | None = None,
+    ) -> list[Image.Image]:
+        """Images (one size per call) with feature-flow ``edits``, skipping stage 2, whose
+        decode plus the kept detail rebuilds stage 1's features to about 2e-7. Stage 1 runs
+        in tiles and the flow on the feature map (1/64 of the pixels): up to ``MAX_PIXELS``."""
+        self.check_edits(edits, keep)
+        if not self.moves_features_only(edits):
+            raise HVAEError("edit_features takes feature-flow directions only")
+        images = [images] if isinstance(images, Image.Image) else list(images)
+        for image in images:  # before any pixel is converted
+            check_image_size(*image.size, self.pixel_multiple)
+        features = self.stage1.encode(images, multiple=self.pixel_multiple).to(self.device)
+        size = (images[0].height, images[0].width)
+        generators = [field.generator(*moved) for field, *moved in self._field_moves(edits, keep)]
+        if generators:
+            features = flow_features(features, sum(generators), self._valid_cells(size))
+        return self.stage1.decode_pil(features, size)
 
     @torch.no_grad()
     def decode(self, codes: HVAECodes, keep_detail: bool = True) -> list[Image.Image]:
@@ -315,10 +330,7 @@ class HVAEPipeline(DiffusionPipeline):
         if keep_detail and codes.detail is not None:
             features = features + codes.detail.to(features.device, features.dtype)
         if codes.feature_flow is not None:
-            valid = None  # the image's own feature cells, without the padding
-            if codes.image_size is not None:
-                stride = self.stage1.stride
-                valid = tuple(-(-side // stride) for side in codes.image_size)
+            valid = self._valid_cells(codes.image_size)
             features = flow_features(features, codes.feature_flow, valid)
         if codes.feature_editor is not None:
             editor, strengths = codes.feature_editor
@@ -369,13 +381,9 @@ class HVAEPipeline(DiffusionPipeline):
         edited = codes.clone()  # shares codes.base_cache, which belongs to the unedited latents
         if edited.unedited is None:
             edited.unedited = codes.latents
-        moves: dict[int, tuple[DirectionSet, torch.Tensor]] = {}
         for name, strength in edits.items():
             direction = self._directions[name]
             if direction.field is not None:
-                field = direction.field
-                _, strengths = moves.setdefault(id(field), (field, torch.zeros(len(field.names))))
-                strengths[direction.index] += float(strength)
                 continue
             held = [
                 self._directions[k].vector
@@ -386,12 +394,29 @@ class HVAEPipeline(DiffusionPipeline):
             z = edited.latents[direction.group]
             edited.latents[direction.group] = z + float(strength) * vector.to(z.device, z.dtype)
             edited.edited_groups = edited.edited_groups | {direction.group}
-        for field, strengths in moves.values():
-            held = [
-                self._directions[k].index for k in keep or () if self._directions[k].field is field
-            ]
+        for field, strengths, held in self._field_moves(edits, keep):
             field.edit_codes(edited, strengths, held)
         return edited
+
+    def _field_moves(
+        self, edits: dict[str, float], keep: Sequence[str] | None
+    ) -> list[tuple[DirectionSet, torch.Tensor, list[int]]]:
+        """Per direction set that ``edits`` move: (the set, the strength of each of its
+        attributes, the indices of its attributes that ``keep`` holds)."""
+        moves: dict[int, tuple[DirectionSet, torch.Tensor, list[int]]] = {}
+        for name, strength in edits.items():
+            field, index = self._directions[name].field, self._directions[name].index
+            if field is not None:
+                held = [
+                    self._directions[k].index
+                    for k in keep or ()
+                    if self._directions[k].field is field
+                ]
+                _, strengths, _ = moves.setdefault(
+                    id(field), (field, torch.zeros(len(field.names)), held)
+                )
+                strengths[index] += float(strength)
+        return list(moves.values())
 
     def _features(self, codes: HVAECodes) -> torch.Tensor:
         """Stage-2 decode of possibly edited codes. Below the deepest edited group, either
@@ -555,6 +580,13 @@ class HVAEPipeline(DiffusionPipeline):
         edits: dict[str, float] | None = None,
         keep: Sequence[str] | None = None,
     ) -> list[Image.Image]:
+        """Images edited by ``edits`` (none: reconstructed). Feature-flow edits, and none,
+        skip stage 2 (``edit_features``) and take images up to ``MAX_PIXELS``; the others go
+        through latent codes (``encode``, up to ``MAX_LATENT_PIXELS``)."""
+        edits = edits or {}
+        self.check_edits(edits, keep)
+        if self.moves_features_only(edits):
+            return self.edit_features(images, edits, keep)
         codes = self.encode(images)
         return self.decode(self.edit(codes, edits, keep) if edits else codes)
 

@@ -18,11 +18,13 @@ from hvae.codec import (
     INDEX_TAG,
     MAGIC,
     STEP,
+    VERSION,
     ArchiveError,
     ArchiveReader,
     ArchiveWriter,
     DamagedRecord,
     Record,
+    join_tiles,
 )
 from hvae.errors import HVAEError
 from hvae.safe_io import (
@@ -42,7 +44,14 @@ FINGERPRINT = "0123456789abcdef"
 
 
 def _payload(i: int) -> bytes:
-    return STEP.pack(0.5) + bytes([i + 1]) * 4 * (12 + i)
+    """A format-3 payload: the step, then tiles (contents the container does not read)."""
+    return STEP.pack(0.5) + join_tiles(64, [bytes([i + 1]) * 4 * (12 + i), b"\7" * 8])
+
+
+def _tiled(side=64, reserved=0, lengths=(8,)) -> bytes:
+    """A payload whose tile fields say what the caller wants, around 8 bytes of stream."""
+    table = b"".join(struct.pack("<I", n) + b"\1" * 8 for n in lengths)
+    return STEP.pack(0.5) + struct.pack("<HH", side, reserved) + table
 
 
 def _records(n=4):
@@ -69,7 +78,7 @@ def _body(name: bytes, height=10, width=20, quality=3, payload=None) -> bytes:
 
 
 def crafted_archive(
-    bodies: list[bytes], fingerprint=b"0123456789abcdef", entries=None, version=2
+    bodies: list[bytes], fingerprint=b"0123456789abcdef", entries=None, version=VERSION
 ) -> bytes:
     """An archive with valid checksums and lengths around whatever the bodies, header fields
     and index entries (default: where the records are) say, as an attacker would write it."""
@@ -260,6 +269,14 @@ def test_index_entries_out_of_place_are_refused_at_once(entries, problem):
         (_body(b"a", quality=0), "quality 0"),
         (_body(b"a", payload=b"\0\0"), "not a step"),
         (_body(b"a", payload=STEP.pack(float("nan"))), "not a positive number"),
+        (_body(b"a", payload=STEP.pack(0.5)), "ends before its tile side"),
+        (_body(b"a", payload=_tiled(lengths=())), "holds no tiles"),
+        (_body(b"a", payload=_tiled(side=0)), "tile side 0 is not 1 to 256"),
+        (_body(b"a", payload=_tiled(side=257)), "tile side 257"),
+        (_body(b"a", payload=_tiled(reserved=1)), "reserved field after the tile side is 1"),
+        (_body(b"a", payload=_tiled(lengths=(8, 0))), "tile 2: a stream of 0 bytes"),
+        (_body(b"a", payload=_tiled(lengths=(6,))), "tile 1: a stream of 6 bytes"),
+        (_body(b"a", payload=_tiled(lengths=(8, 2**32 - 4))), "tile 2: a stream of 4294967292"),
         (_body(b"a")[:8], "ends inside its size"),
         (b"\x05", "name length"),
     ],
@@ -319,10 +336,16 @@ def test_safe_names_keep_ordinary_unicode():
     assert printable("a\x1b[31m\u2028b") == "a\\x1b[31m\\u2028b"
 
 
-def test_image_sizes_are_checked_after_padding():
+def test_image_sizes_are_checked_before_and_after_padding():
     check_image_size(8000, 8000, multiple=64)
     with pytest.raises(HVAEError, match=r"padded to 8064x8000\) pixels is over the limit"):
-        check_image_size(8001, 8000, multiple=64)
+        check_image_size(8001, 8000, multiple=64)  # 64.008 MP of its own
+    # 64.0 MP of its own, 65.0 MP padded to the photo codec's 64: was refused.
+    check_image_size(9800, 6530, multiple=64)
+    # Padding may add PADDING_ALLOWANCE of the limit, no more: 3,900 pixels pad to 5,120.
+    check_image_size(65, 60, multiple=16, max_pixels=5120)
+    with pytest.raises(HVAEError, match=r"65x60 \(padded to 80x64\) pixels is over the limit"):
+        check_image_size(65, 60, multiple=16, max_pixels=4096)
     check_image_size(1, MAX_ASPECT_RATIO, multiple=1)
     with pytest.raises(HVAEError, match="longer than wide"):
         check_image_size(1, MAX_ASPECT_RATIO + 1)

@@ -20,7 +20,7 @@ import pytest
 
 from hvae import safe_io
 from hvae.archive_info import archive_info
-from hvae.codec import STEP, ArchiveReader
+from hvae.codec import STEP, ArchiveReader, join_tiles, split_tiles
 from hvae.data.shapes import ShapesDataset
 from hvae.errors import HVAEError
 from tests.conftest import tiny_codec
@@ -50,14 +50,18 @@ BOUNDARY_BYTES = (0x00, 0x01, 0x7F, 0x80, 0xFF)
 
 
 def small_archives(pipe) -> list[bytes]:
-    """Two small archives that ``pipe`` wrote: two images of odd sizes, and one."""
+    """Two small archives that ``pipe`` wrote: two images of odd sizes, and one in tiles of
+    the model's smallest side (4 of them at the tiny codec's)."""
     scenes = ShapesDataset(3, seed=5, size=48)
     images = [scenes[0][0].crop((0, 0, 40, 24)), scenes[1][0].crop((0, 0, 17, 33))]
     kwargs = {"quality": 3, "refine_steps": 0}
-    return [
-        pipe.compress(images, names=["same", "d/two.png"], **kwargs),
-        pipe.compress(scenes[2][0], names=["one"], **kwargs),
-    ]
+    archives = [pipe.compress(images, names=["same", "d/two.png"], **kwargs)]
+    default, pipe.coding_tile = pipe.coding_tile, 1
+    try:
+        archives.append(pipe.compress(scenes[2][0], names=["one"], **kwargs))
+    finally:
+        pipe.coding_tile = default
+    return archives
 
 
 def raw_mutation(data: bytes, rng: random.Random) -> bytes:
@@ -109,17 +113,26 @@ def _mutate_body(body: bytes, rng: random.Random) -> bytes:
     payload_at = fields + 9
     if kind == 4:  # the quantization step
         return body[:payload_at] + STEP.pack(rng.choice(STEPS)) + body[payload_at + 4 :]
-    # the ANS stream: cut, extended, or words replaced (whole words, so it stays well-formed)
-    stream = bytearray(body[payload_at + 4 :])
-    choice = rng.randrange(3)
+    tiled = body[payload_at + 4 :]
+    if rng.random() < 0.2:  # the tile side and lengths, as raw bytes
+        return body[: payload_at + 4] + raw_mutation(tiled, rng)
+    # one tile's ANS stream: cut, extended, or words replaced (whole words, so it stays
+    # well-formed and the decoder reads it), or the tile side changed
+    side, streams = split_tiles(tiled)
+    i = rng.randrange(len(streams))
+    stream = bytearray(streams[i])
+    choice = rng.randrange(4)
     if choice == 0:
-        del stream[4 * rng.randrange(len(stream) // 4 + 1) :]
+        del stream[4 * rng.randrange(1, len(stream) // 4 + 1) :]
     elif choice == 1:
         stream += rng.randbytes(4 * rng.choice((1, 2, 50)))
-    elif stream:
+    elif choice == 2:
         at = 4 * rng.randrange(len(stream) // 4)
         stream[at : at + 4] = rng.randbytes(4)
-    return body[: payload_at + 4] + bytes(stream)
+    else:
+        side = rng.choice((1, 2, 4, 8, 16, 256))
+    streams[i] = bytes(stream)
+    return body[: payload_at + 4] + join_tiles(side, streams)
 
 
 def fixed_mutation(data: bytes, rng: random.Random) -> bytes:

@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from PIL import Image
 
 from hvae.batch import read_manifest
 from hvae.cli import main
@@ -226,6 +228,52 @@ def test_results_arrive_per_forward_pass_so_the_progress_bar_moves(
     assert len(list(results)) == len(items) - 1 and pipe.calls == 2
 
 
+def test_large_images_run_alone_not_as_sixteen_copies(
+    tiny_pipeline, nested_folder, tmp_path, monkeypatch
+):
+    """An image over ALONE_ABOVE_PIXELS is computed in a pass of one (a 24 MP photo used to be
+    padded to 16 copies of itself, and was refused over 4 MP); a pass of smaller ones still
+    holds MICRO_BATCH images. A size always takes one way, so results do not depend on what
+    else a job holds."""
+    from hvae.batch import EditJob, EncodeJob
+    from hvae.batch_base import MICRO_BATCH, runs_alone
+
+    monkeypatch.setattr("hvae.batch_base.ALONE_ABOVE_PIXELS", 64 * 64)  # 96x64 runs alone
+    assert runs_alone((96, 64), 16) and runs_alone((64, 96), 16)
+    assert not runs_alone((64, 64), 16) and runs_alone((64, 65), 16)  # padded to 64x80
+    tiny_pipeline.register_direction(
+        "up", torch.ones(tiny_pipeline.hvae.latent_groups[0].z_channels)
+    )
+    passes = []
+
+    class Recording:
+        pixel_multiple = tiny_pipeline.pixel_multiple
+
+        def __call__(self, images, **kwargs):
+            passes.append([image.size for image in images])
+            return tiny_pipeline(images, **kwargs)
+
+        def encode(self, images):
+            passes.append([image.size for image in images])
+            return tiny_pipeline.encode(images)
+
+    for job in (
+        EditJob([str(nested_folder)], tmp_path / "edited", {"up": 1.0}),
+        EncodeJob([str(nested_folder)], tmp_path / "codes"),
+    ):
+        passes.clear()
+        items = [{"item": image.name, "path": image.path} for image in job.inputs]
+        results = {r["item"]: r for r in job.compute(Recording(), items)}
+        assert all(r["error"] is None for r in results.values())
+        assert sorted(passes) == [[(64, 64)] * MICRO_BATCH, [(96, 64)]]
+    # Alone, an image comes out as the pipeline edits it on its own.
+    job = EditJob([str(nested_folder)], tmp_path / "again", {"up": 1.0})
+    (wide,) = [{"item": i.name, "path": i.path} for i in job.inputs if i.name == "trip/wide"]
+    (result,) = job.compute(tiny_pipeline, [wide])
+    image = Image.open(wide["path"]).convert("RGB")
+    assert result["data"] == _png(tiny_pipeline([image], edits={"up": 1.0})[0])
+
+
 def _rewrite_manifest(path, change) -> None:
     records = [json.loads(line) for line in path.read_text().splitlines()]
     path.write_text("".join(json.dumps(change(r)) + "\n" for r in records))
@@ -363,12 +411,10 @@ def test_existing_outputs_of_another_job_or_of_no_job_are_refused(
     assert (decoded / "scene1.png").read_bytes() != b"someone else's"
 
 
-def test_inputs_too_large_for_a_forward_pass_fail_before_their_pixels_are_decoded(
+def test_inputs_over_the_size_limit_fail_before_their_pixels_are_decoded(
     tiny_pipeline_dir, nested_folder, tmp_path, capsys, monkeypatch
 ):
-    import hvae.batch
-
-    monkeypatch.setattr(hvae.batch, "MAX_INPUT_PIXELS", 64 * 80)  # 96x64 is over it
+    monkeypatch.setattr("hvae.safe_io.MAX_PIXELS", 64 * 80)  # 96x64 is over it
     out = tmp_path / "edited"
     args = ("edit", nested_folder, "--set", "brighter=1", "-o", out, "--model", tiny_pipeline_dir)
     assert run(*args) == 1

@@ -536,11 +536,19 @@ def test_os_errors_become_one_line(monkeypatch, capsys):
 # ---------------------------------------------------------------- processes
 def _tiny_archive(path) -> None:
     """An archive of records with dummy payloads: enough for 'hvae info', no model needed."""
-    from hvae.codec import STEP, ArchiveWriter, Record
+    from hvae.codec import STEP, ArchiveWriter, Record, join_tiles
 
     with ArchiveWriter(path, "0123456789abcdef") as writer:
         for i in range(3):
-            writer.add(Record(f"image{i}.png", 16, 16, 4, STEP.pack(0.5) + bytes(4 * (i + 1))))
+            writer.add(
+                Record(
+                    f"image{i}.png",
+                    16,
+                    16,
+                    4,
+                    STEP.pack(0.5) + join_tiles(64, [bytes(4 * (i + 1))]),
+                )
+            )
 
 
 def test_info_into_a_closed_pipe_ends_quietly(tmp_path):

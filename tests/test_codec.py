@@ -1,9 +1,13 @@
 """Entropy coding and the compression pipeline, on tiny untrained models."""
 
+import contextlib
+import hashlib
 import io
+import itertools
 import os
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,15 +15,29 @@ import torch
 from PIL import Image
 
 from hvae.cli import main
-from hvae.codec import STEP, ArchiveReader, ArchiveWriter, DamagedRecord, Record
-from hvae.data.images import FLATTENED_ALPHA, as_rgb, to_pil
+from hvae.codec import (
+    STEP,
+    ArchiveReader,
+    ArchiveWriter,
+    DamagedRecord,
+    Record,
+    coding_tiles,
+    even_splits,
+    join_tiles,
+    split_payload,
+    split_tiles,
+)
+from hvae.data.images import FLATTENED_ALPHA, as_rgb, to_pil, to_tensor
 from hvae.data.shapes import ShapesDataset
-from hvae.entropy import decode_symbols, encode_symbols, pack
+from hvae.entropy import decode_symbols, decode_tiles, encode_symbols, pack
 from hvae.errors import HVAEError
+from hvae.refine import rd_cost
 from hvae.train_codec import make_codec_model
 from pipelines import HVAECompressionPipeline, HVAEPipeline
 from pipelines.compression_pipeline import EARLIER_BUNDLED_PHOTO, quality_step
 from tests.conftest import tiny_autoencoder, tiny_codec, tiny_hvae
+
+BUNDLED_PHOTO = Path(__file__).resolve().parents[1] / "checkpoints" / "photo"
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +93,63 @@ def test_higher_quality_costs_more_bytes(codec, scenes):
 def test_coded_bytes_are_within_one_percent_of_the_model_bits(codec):
     image = ShapesDataset(1, seed=9, size=256)[0][0]
     payload, bits = codec.encode_image(image, 8, return_bits=True)
-    stream_bits = 8 * (len(payload) - 4)  # minus the stored step
+    _, streams = split_tiles(split_payload(payload)[1])
+    stream_bits = 8 * sum(len(stream) for stream in streams)
+    assert len(streams) == 1  # 32x32 features: one tile of 64
     assert bits > 1000  # a meaningful stream, not a few words of coder state
     assert stream_bits <= 1.01 * bits
+
+
+def test_tiles_decode_to_what_the_encoder_quantized_whatever_the_thread_count(codec, scenes):
+    """Each tile is coded alone (its own global latent and stream) and computed on one thread;
+    tiles run side by side on the threads the caller allows."""
+    image = scenes[1]  # 91x87: 12x12 features at the tiny codec's multiple of 32
+    payloads, decoded = [], []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            with small_tiles(codec, 4):
+                payloads.append(codec.encode_image(image, 4, refine_steps=2))
+                decoded.append(codec.decode_image(payloads[-1], (image.height, image.width)))
+    finally:
+        torch.set_num_threads(threads)
+    assert payloads[0] == payloads[1] and _same(decoded[:1], decoded[1:])
+    side, streams = split_tiles(split_payload(payloads[0])[1])
+    assert (side, len(streams)) == (4, 9)
+    # The decoder places every tile where the encoder took it from.
+    step = quality_step(4)
+    with torch.no_grad():
+        features = codec.features_of(image)
+        model = codec.coding_model()
+        expected = torch.empty_like(features)
+        tiles = coding_tiles(features.shape[-2:], 4, codec.hvae.feature_multiple)
+        for top, bottom, left, right in tiles:
+            _, expected[..., top:bottom, left:right] = encode_symbols(
+                model, features[..., top:bottom, left:right], step
+            )
+        with small_tiles(codec, 4):
+            plain = codec.encode_image(image, 4, refine_steps=0)
+        rebuilt = decode_tiles(model, split_tiles(split_payload(plain)[1])[1], step, tiles)
+    assert torch.equal(rebuilt, expected)
+
+
+@contextlib.contextmanager
+def small_tiles(codec, side):
+    previous = codec.coding_tile
+    codec.coding_tile = side
+    try:
+        yield
+    finally:
+        codec.coding_tile = previous
+
+
+def test_tiles_split_features_evenly_on_the_models_grid():
+    assert even_splits(24, 8, 4) == [0, 8, 16, 24]
+    assert even_splits(28, 8, 4) == [0, 4, 12, 20, 28]  # 7 units in 4 parts: 1, 2, 2, 2
+    assert even_splits(1000, 64, 8) == [i * 125 // 16 * 8 for i in range(17)]
+    assert max(b - a for a, b in itertools.pairwise(even_splits(1000, 64, 8))) <= 64
+    assert coding_tiles((8, 12), 8, 4) == [(0, 8, 0, 4), (0, 8, 4, 12)]
 
 
 def decodes_identically(pipe, images, quality) -> bool:
@@ -222,36 +294,55 @@ def test_cli_decompress_with_another_model_names_both(codec_dir, photo_folder, t
     assert ArchiveReader(archive).fingerprint in err and "this model is" in err
 
 
-def test_version_1_archives_still_decode_in_float32(codec, scenes, tmp_path, monkeypatch):
-    """Archives written before the float64 entropy model (format 1) decode as they did,
-    through every decoding path, with the float32 model."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_whole_image_archives_of_versions_1_and_2_still_decode(
+    codec, scenes, tmp_path, monkeypatch, version
+):
+    """Archives written before tiles (format 1: float32 entropy model; 2: float64) decode as
+    they did, through every decoding path, each with its own arithmetic."""
     image = scenes[0]
     step = STEP.unpack(STEP.pack(quality_step(3)))[0]
     with torch.no_grad():
         features = codec.features_of(image)
-        chunks, rebuilt = encode_symbols(codec.hvae, features, step)
-    payload = STEP.pack(step) + pack(chunks)
+        chunks, rebuilt = encode_symbols(codec.coding_model(version), features, step)
+    payload = STEP.pack(step) + pack(chunks)  # one stream for the whole image
     buffer = io.BytesIO()
-    with ArchiveWriter(buffer, codec.fingerprint(), version=1) as writer:
+    with ArchiveWriter(buffer, codec.fingerprint(), version=version) as writer:
         writer.add(Record("old", image.height, image.width, 3, payload))
-    reader = ArchiveReader(buffer.getvalue())
-    assert reader.version == 1
+    assert ArchiveReader(buffer.getvalue()).version == version
     expected = codec.stage1.decode(rebuilt, (image.height, image.width))
     (decoded,) = codec.decompress(buffer.getvalue())
     assert np.array_equal(np.asarray(decoded), np.asarray(to_pil(expected)[0]))
-    assert ArchiveReader(codec.compress([image])).version == 2
+    assert ArchiveReader(codec.compress([image])).version == 3
     assert codec.coding_model(2).dtype == torch.float64 and codec.coding_model(1) is codec.hvae
-    with pytest.raises(HVAEError, match="format version 3"):
-        codec.coding_model(3)
+    with pytest.raises(HVAEError, match="format version 4"):
+        codec.coding_model(4)
+    # A whole-image payload is not a tiled one: read as version 3, it is refused.
+    with pytest.raises(DamagedRecord, match="tile"):
+        codec.decode_image(payload, (image.height, image.width), version=3)
 
     versions = []
     coding_model = codec.coding_model
-    monkeypatch.setattr(codec, "coding_model", lambda v=2: versions.append(v) or coding_model(v))
+    monkeypatch.setattr(codec, "coding_model", lambda v=3: versions.append(v) or coding_model(v))
     codec.decompress(buffer.getvalue())
     archive = tmp_path / "old.hvz"
     archive.write_bytes(buffer.getvalue())
     summary = codec.decompress_archive(archive, tmp_path / "out", progress=False)
-    assert len(summary.written) == 1 and versions == [1, 1]
+    assert len(summary.written) == 1 and versions == [version, version]
+
+
+def test_an_archive_written_by_format_2_decodes_bit_for_bit_as_it_did():
+    """tests/data/archives/v2-photo.hvz: a 100x70 crop of tests/data/photos/wood.png that the
+    bundled photo codec wrote at commit 1bd37cc (format 2), and the sha256 of the pixels
+    that commit decoded it to."""
+    pipe = HVAECompressionPipeline.from_pretrained(BUNDLED_PHOTO)
+    data = (Path(__file__).parent / "data" / "archives" / "v2-photo.hvz").read_bytes()
+    assert ArchiveReader(data).version == 2
+    (decoded,) = pipe.decompress(data)
+    assert decoded.size == (100, 70)
+    assert hashlib.sha256(decoded.tobytes()).hexdigest() == (
+        "50665dc225f744846b7a5e4efe13ff5db143fc82f48cee9e424b577f8c99b01c"
+    )
 
 
 # ---------------------------------------------------------------- hardening
@@ -311,12 +402,45 @@ def test_declared_sizes_are_checked_at_the_models_padding_before_decoding(codec,
 
 def test_a_stream_cut_short_or_too_long_is_a_damaged_record(codec, scenes):
     image = scenes[0]
-    payload = codec.encode_image(image, 3, refine_steps=0)
+    with small_tiles(codec, 4):
+        payload = codec.encode_image(image, 3, refine_steps=0)
     size = (image.height, image.width)
-    with pytest.raises(DamagedRecord, match="ended before the image did"):
+    step, coded = split_payload(payload)
+    side, streams = split_tiles(coded)
+    with pytest.raises(DamagedRecord, match="ends before its tile side"):
         codec.decode_image(payload[:4], size)
-    with pytest.raises(DamagedRecord, match="goes on after the image"):
-        codec.decode_image(payload, (image.height // 2, image.width // 2))
+    with pytest.raises(DamagedRecord, match="tile 9: a stream of"):
+        codec.decode_image(payload[:-4], size)  # the last tile's length runs past the end
+
+    def with_streams(streams):
+        return STEP.pack(step) + join_tiles(side, streams)
+
+    cut = [*streams[:4], streams[4][:4], *streams[5:]]
+    with pytest.raises(DamagedRecord, match="tile 5 of 9: the bitstream ended before"):
+        codec.decode_image(with_streams(cut), size)
+    longer = [*streams[:8], streams[8] + streams[0]]
+    with pytest.raises(DamagedRecord, match="tile 9 of 9: the bitstream goes on after"):
+        codec.decode_image(with_streams(longer), size)
+
+
+def test_a_record_without_the_tiles_its_size_needs_is_refused_before_decoding(
+    codec, scenes, monkeypatch
+):
+    """A tiny record declaring 8000x8000 used to be decoded at full size until its stream ran
+    out (10-16 s under load in the fuzz benchmark); the tile count now refuses it at once."""
+    image = scenes[0]
+    payload = codec.encode_image(image, 3, refine_steps=0)
+    monkeypatch.setattr("hvae.entropy.decode_symbols", lambda *a: pytest.fail("decoded"))
+    started = time.perf_counter()
+    with pytest.raises(
+        DamagedRecord, match="1 tiles of 64 cells, where 1000x1000 features need 256"
+    ):
+        codec.decode_image(payload, (8000, 8000))
+    assert time.perf_counter() - started < 0.5
+    step, coded = split_payload(payload)
+    _, streams = split_tiles(coded)
+    with pytest.raises(DamagedRecord, match="tile side 6 is not a multiple of this model's 4"):
+        codec.decode_image(STEP.pack(step) + join_tiles(6, streams), size=(image.height, 90))
 
 
 @pytest.fixture
@@ -421,3 +545,27 @@ def test_outputs_in_each_others_way_are_reported_not_fatal(codec, scenes, tmp_pa
     assert sorted(p.name for p in out.rglob("*.png") if p.is_file()) == ["w.png", "x.png"]
     assert any(m.startswith("x.png/y: ") and "another image's output" in m for m in summary.damaged)
     assert any(m.startswith("z: cannot write") for m in summary.damaged)
+
+
+def test_a_tile_is_scored_on_its_own_pixels_decoded_among_its_neighbours(codec):
+    """refine_tile's cost decodes the tile within stage 1's features around it, so at a fine
+    step its pixels are the whole image's decode of them; decoded alone they would not be."""
+    image = ShapesDataset(1, seed=9, size=256)[0][0].crop((0, 0, 256, 200))  # 32x25 features
+    halo = codec.stage1.decode_halo
+    assert halo == codec.autoencoder.receptive_field[1]
+    # Tile rows 8-16 and columns 16-32 (the last, into the padding): pixels 64-128, 128-256.
+    with torch.no_grad():
+        features = codec.features_of(image)
+        whole = codec.stage1.decode(features)[..., 64:128, 128:256]
+    target = to_tensor([image.crop((128, 64, 256, 128))])
+    surround = features[..., 8 - halo : 16 + halo, 16 - halo :]
+    own = features[..., 8:16, 16:32]
+    assert 0 < surround.shape[-2] < features.shape[-2]  # a part of the image, not all of it
+    step = 0.01  # rounding moves the features by at most half of it (no symbol is clamped)
+
+    def mse(context):
+        return rd_cost(codec.stage1, codec.hvae, own, target, step, False, context=context)[1]
+
+    expected = float(((whole - target) ** 2).mean() * (255 / 2) ** 2)
+    assert mse((surround, (halo, halo))) == pytest.approx(expected, rel=2e-4)
+    assert mse(None) != pytest.approx(expected, rel=1e-3)  # decoded alone, its edges differ
