@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hvae.data.shapes import ShapesDataset
 from hvae.model import HierarchicalVAE
 from hvae.patch_autoencoder import PatchAutoencoder
 from hvae.train_codec import make_codec_model
@@ -22,6 +23,16 @@ def tiny_hvae(**overrides) -> HierarchicalVAE:
 def tiny_autoencoder() -> PatchAutoencoder:
     torch.manual_seed(0)
     return PatchAutoencoder(latent_channels=4, block_out_channels=(8, 16), patch_size=2).eval()
+
+
+def scene_folder(folder, n: int = 3, size: int = 128):
+    """A folder of ``n`` rendered scenes as PNGs (made once; training recipes read it)."""
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        dataset = ShapesDataset(n, seed=1, size=size)
+        for i in range(n):
+            dataset[i][0].save(folder / f"{i}.png")
+    return folder
 
 
 def tiny_codec(seed=0) -> HVAECompressionPipeline:

@@ -18,7 +18,7 @@ from hvae.train_codec import (
     make_rate_loss,
 )
 from pipelines import HVAECompressionPipeline
-from tests.conftest import tiny_autoencoder
+from tests.conftest import scene_folder, tiny_autoencoder
 
 
 def test_rate_loss_is_lower_at_coarser_steps():
@@ -34,12 +34,7 @@ def codec_args(tmp_path, out) -> list[str]:
     autoencoder = tmp_path / "ae"
     if not autoencoder.exists():
         tiny_autoencoder().save_pretrained(autoencoder)
-    data = tmp_path / "images"
-    if not data.exists():
-        data.mkdir()
-        dataset = ShapesDataset(3, seed=1, size=128)
-        for i in range(3):
-            dataset[i][0].save(data / f"{i}.png")
+    data = scene_folder(tmp_path / "images")
     return [
         "train-codec",
         "--autoencoder",

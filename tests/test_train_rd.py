@@ -12,7 +12,7 @@ from hvae.errors import HVAEError
 from hvae.patch_autoencoder import PatchAutoencoder
 from hvae.train_rd import JointCodec, distortion_weight, load_joint_codec, make_rd_loss
 from pipelines import HVAECompressionPipeline
-from tests.conftest import tiny_codec
+from tests.conftest import scene_folder, tiny_codec
 
 
 def scenes(n: int = 2) -> torch.Tensor:
@@ -50,12 +50,7 @@ def rd_args(tmp_path, out) -> list[str]:
     start = tmp_path / "start"
     if not start.exists():
         tiny_codec().save_pretrained(start)
-    data = tmp_path / "images"
-    if not data.exists():
-        data.mkdir()
-        dataset = ShapesDataset(3, seed=1, size=128)
-        for i in range(3):
-            dataset[i][0].save(data / f"{i}.png")
+    data = scene_folder(tmp_path / "images")
     return [
         "train-codec",
         "--end-to-end",
