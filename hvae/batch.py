@@ -70,7 +70,8 @@ from hvae.batch_base import (
     group_results,
     in_micro_batches,
     list_inputs,
-    load_all,
+    pending_inputs,
+    per_input_image,
     png_bytes,
     read_manifest,
     refuse_shared_outputs,
@@ -165,22 +166,13 @@ class EditJob(PngPerInputJob):
         return {"edits": self.edits, "keep": self.keep, "model": fingerprint}
 
     def plan(self, manifest: Manifest) -> list[dict]:
-        return [
-            {"item": image.name, "path": image.path}
-            for image in self.inputs
-            if not manifest.finished(image.name)
-        ]
+        return pending_inputs(self.inputs, manifest)
 
     def compute(self, pipe, items: list[dict]) -> Iterator[dict]:
-        by_size, errors = load_all(items, pipe.pixel_multiple)
-        yield from errors
-        for size, group in by_size.items():
-            edited = in_micro_batches(
-                [image for _, image in group],
-                lambda chunk: pipe(chunk, edits=self.edits, keep=self.keep),
-                runs_alone(size, pipe.pixel_multiple),
-            )
-            yield from group_results([item for item, _ in group], edited, png_bytes)
+        def edit(chunk):
+            return pipe(chunk, edits=self.edits, keep=self.keep)
+
+        yield from per_input_image(pipe, items, edit, png_bytes)
 
 
 class EncodeJob(BatchJob):
@@ -211,23 +203,11 @@ class EncodeJob(BatchJob):
         return {"model": fingerprint}
 
     def plan(self, manifest: Manifest) -> list[dict]:
-        return [
-            {"item": image.name, "path": image.path}
-            for image in self.inputs
-            if not manifest.finished(image.name)
-        ]
+        return pending_inputs(self.inputs, manifest)
 
     def compute(self, pipe, items: list[dict]) -> Iterator[dict]:
         # Over MAX_LATENT_PIXELS, pipe.encode refuses each image, saying why.
-        by_size, errors = load_all(items, pipe.pixel_multiple)
-        yield from errors
-        for size, group in by_size.items():
-            per_image = in_micro_batches(
-                [image for _, image in group],
-                partial(_encode_rows, pipe),
-                runs_alone(size, pipe.pixel_multiple),
-            )
-            yield from group_results([item for item, _ in group], per_image, bytes)
+        yield from per_input_image(pipe, items, partial(_encode_rows, pipe), bytes)
 
     def record(self, manifest: Manifest, result: dict) -> None:
         from safetensors.torch import load

@@ -250,6 +250,27 @@ def load_all(
     return by_size, errors
 
 
+def per_input_image(pipe, items: list[dict], fn, to_bytes) -> Iterator[dict]:
+    """A result per item whose input image goes through ``fn(images)``: images are loaded
+    (``load_all``), grouped by size, and run in micro-batches (or alone, ``runs_alone``)."""
+    by_size, errors = load_all(items, pipe.pixel_multiple)
+    yield from errors
+    for size, group in by_size.items():
+        outputs = in_micro_batches(
+            [image for _, image in group], fn, runs_alone(size, pipe.pixel_multiple)
+        )
+        yield from group_results([item for item, _ in group], outputs, to_bytes)
+
+
+def pending_inputs(inputs: list, manifest: Manifest) -> list[dict]:
+    """The planned items of a job over input files: those the manifest has not finished."""
+    return [
+        {"item": image.name, "path": image.path}
+        for image in inputs
+        if not manifest.finished(image.name)
+    ]
+
+
 def failed_result(item: dict, error) -> dict:
     return {"item": item["item"], "data": None, "error": str(error)}
 

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 # archive_info is re-exported from its old home until every caller imports hvae.archive_info.
 from hvae.archive_info import archive_info, bits_per_pixel  # noqa: F401
 from hvae.autoencoder import FeatureAutoencoder
-from hvae.batch import list_inputs, load_all, png_bytes
+from hvae.batch_base import list_inputs, load_all, png_bytes
 from hvae.codec import (
     STEP,
     TILED_VERSION,
